@@ -1,0 +1,1 @@
+//! pg (being built).

@@ -1,0 +1,1 @@
+//! pump (being built).

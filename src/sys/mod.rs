@@ -1,0 +1,2 @@
+//! The only place with `unsafe`.
+#![allow(unsafe_code)]
