@@ -1,0 +1,1 @@
+//! postgresql.conf and pg_hba.conf lines for certificate login (being built).

@@ -1,0 +1,1 @@
+//! PostgreSQL wire messages (being built).
