@@ -28,7 +28,11 @@ impl UsageError {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "pgtunnel", version, about = "Zero-trust access gateway for PostgreSQL")]
+#[command(
+    name = "pgtunnel",
+    version,
+    about = "Zero-trust access gateway for PostgreSQL"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
