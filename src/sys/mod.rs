@@ -4,4 +4,5 @@
 #![allow(unsafe_code)]
 
 pub mod affinity;
+pub mod fd;
 pub mod uring;

@@ -10,8 +10,8 @@ mod ops;
 mod runtime;
 
 pub use ops::{
-    BufResult, Elapsed, Incoming, Socket, connect, flush_submissions, poll, read, recv, send,
-    send_all, sleep, timeout,
+    BufOp, BufResult, Elapsed, Incoming, Socket, connect, flush_submissions, poll, read, recv,
+    send, send_all, sleep, timeout,
 };
 pub use runtime::{Runtime, spawn, yield_now};
 

@@ -10,8 +10,9 @@ use std::future::{Future, poll_fn};
 use std::io;
 use std::ops::Range;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
 use std::rc::Rc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use io_uring::{opcode, types};
@@ -89,20 +90,16 @@ impl Completable for RecvData {
 
 /// Receives into `buf`'s spare capacity. A buffer with no spare capacity is an error,
 /// not a zero-length read that would look like end of stream.
-pub fn recv(fd: RawFd, buf: Vec<u8>) -> impl Future<Output = BufResult> + 'static {
+pub fn recv(fd: RawFd, buf: Vec<u8>) -> BufOp {
     recv_with(fd, buf, false)
 }
 
 /// Like [`recv`] for a plain descriptor (an eventfd, a pipe): uses IORING_OP_READ.
-pub fn read(fd: RawFd, buf: Vec<u8>) -> impl Future<Output = BufResult> + 'static {
+pub fn read(fd: RawFd, buf: Vec<u8>) -> BufOp {
     recv_with(fd, buf, true)
 }
 
-fn recv_with(
-    fd: RawFd,
-    buf: Vec<u8>,
-    plain_read: bool,
-) -> impl Future<Output = BufResult> + 'static {
+fn recv_with(fd: RawFd, buf: Vec<u8>, plain_read: bool) -> BufOp {
     let op = if buf.capacity() == buf.len() {
         Err((
             io::Error::new(io::ErrorKind::InvalidInput, "recv into a full buffer"),
@@ -128,11 +125,9 @@ fn recv_with(
         };
         op.map_err(|(err, data)| (err, data.buf))
     };
-    async move {
-        match op {
-            Ok(op) => op.await,
-            Err((err, buf)) => (Err(err), buf),
-        }
+    match op {
+        Ok(op) => BufOp(BufOpInner::Recv(op)),
+        Err(failed) => BufOp(BufOpInner::Failed(Some(failed))),
     }
 }
 
@@ -149,11 +144,7 @@ impl Completable for SendData {
 
 /// Sends `buf[range]` (possibly only part of it: check the count). MSG_NOSIGNAL, so a
 /// peer that went away is an EPIPE error, not a SIGPIPE that kills the process.
-pub fn send(
-    fd: RawFd,
-    buf: Vec<u8>,
-    range: Range<usize>,
-) -> impl Future<Output = BufResult> + 'static {
+pub fn send(fd: RawFd, buf: Vec<u8>, range: Range<usize>) -> BufOp {
     let op = if range.start > range.end || range.end > buf.len() {
         Err((
             io::Error::new(io::ErrorKind::InvalidInput, "send range out of bounds"),
@@ -172,10 +163,34 @@ pub fn send(
         };
         op.map_err(|(err, data)| (err, data.buf))
     };
-    async move {
-        match op {
-            Ok(op) => op.await,
-            Err((err, buf)) => (Err(err), buf),
+    match op {
+        Ok(op) => BufOp(BufOpInner::Send(op)),
+        Err(failed) => BufOp(BufOpInner::Failed(Some(failed))),
+    }
+}
+
+/// A receive or send in flight: a named future (no boxing) that yields [`BufResult`].
+/// Dropping it cancels the operation (see `op`).
+pub struct BufOp(BufOpInner);
+
+enum BufOpInner {
+    Recv(Op<RecvData>),
+    Send(Op<SendData>),
+    /// The ring refused the submission; the error and the buffer come back on first poll.
+    Failed(Option<(io::Error, Vec<u8>)>),
+}
+
+impl Future for BufOp {
+    type Output = BufResult;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<BufResult> {
+        match &mut self.0 {
+            BufOpInner::Recv(op) => Pin::new(op).poll(cx),
+            BufOpInner::Send(op) => Pin::new(op).poll(cx),
+            BufOpInner::Failed(failed) => match failed.take() {
+                Some((err, buf)) => Poll::Ready((Err(err), buf)),
+                None => Poll::Pending,
+            },
         }
     }
 }
