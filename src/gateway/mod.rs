@@ -23,14 +23,15 @@ use signal_hook::iterator::Signals;
 use crate::audit::{AuditError, AuditWriter};
 use crate::config::GatewayConfig;
 use crate::sys;
-use crate::tls::{self, TlsError};
+use crate::{pki, tls};
 
 pub use policy::{Decision, authorize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    #[error(transparent)]
-    Tls(#[from] TlsError),
+    /// A file named in the config cannot be used; `field` is the config key.
+    #[error("{field}: {path:?}: {reason}")]
+    File { field: &'static str, path: String, reason: String },
     #[error(transparent)]
     Audit(#[from] AuditError),
     #[error("cannot listen on {addr}: {source}")]
@@ -54,13 +55,22 @@ pub struct Shared {
 
 impl Shared {
     /// Loads everything the config names (certificate, key, client CA). This is also
-    /// what `gateway --check` runs.
+    /// what `gateway --check` runs. Errors name the config field of the file at fault.
     pub fn load(config: GatewayConfig) -> Result<Shared, GatewayError> {
-        let server_tls = tls::server_config(&config.cert, &config.key, &config.client_ca)?;
-        Ok(Shared {
-            config,
-            server_tls: Arc::new(server_tls),
-        })
+        let field = |name: &'static str, path: &std::path::Path, reason: String| {
+            GatewayError::File { field: name, path: path.display().to_string(), reason }
+        };
+        let chain = pki::load_certs(&config.cert)
+            .map_err(|err| field("gateway.cert", &config.cert, err.to_string()))?;
+        let key = pki::load_private_key(&config.key)
+            .map_err(|err| field("gateway.key", &config.key, err.to_string()))?;
+        let roots = tls::load_roots(&config.client_ca)
+            .map_err(|err| field("gateway.client_ca", &config.client_ca, err.to_string()))?;
+        let server_tls = tls::server_config(chain, key, roots).map_err(|err| {
+            let reason = format!("does not go with gateway.key: {err}");
+            field("gateway.cert", &config.cert, reason)
+        })?;
+        Ok(Shared { config, server_tls: Arc::new(server_tls) })
     }
 }
 

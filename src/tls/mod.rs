@@ -17,7 +17,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 use crate::audit::DenyReason;
 use crate::pki;
@@ -67,24 +67,21 @@ pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
-/// The gateway's server configuration: TLS 1.3, client certificate required.
-pub fn server_config(cert: &Path, key: &Path, client_ca: &Path) -> Result<ServerConfig, TlsError> {
+/// The gateway's server configuration: TLS 1.3, client certificate required. Takes
+/// loaded material so that the caller can name the config field of a file that fails.
+pub fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    client_roots: RootCertStore,
+) -> Result<ServerConfig, rustls::Error> {
     let provider = provider();
-    let roots = Arc::new(load_roots(client_ca)?);
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(client_roots), provider.clone())
         .build()
-        .map_err(|err| TlsError::Roots {
-            path: client_ca.to_path_buf(),
-            reason: err.to_string(),
-        })?;
-    let chain = pki::load_certs(cert)?;
-    let private_key = pki::load_private_key(key)?;
+        .map_err(|err| rustls::Error::General(err.to_string()))?;
     let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|err| cert_key_error(cert, key, err))?
+        .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, private_key)
-        .map_err(|err| cert_key_error(cert, key, err))?;
+        .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![ALPN_PGTUNNEL.to_vec()];
     // libpq never resumes, and the agent does not yet either: tickets would be wasted
     // work on every handshake (docs/limitations.md).
