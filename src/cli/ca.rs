@@ -23,7 +23,7 @@ pub enum CaCommand {
     /// Create a new root CA in DIR (ca.crt, and ca.key with mode 0600). Refuses to
     /// overwrite an existing CA.
     Init {
-        /// Folder for ca.crt and ca.key; created (mode 0700) if missing.
+        /// Folder for ca.crt and ca.key; created if missing.
         #[arg(long)]
         dir: PathBuf,
         /// The root certificate's CN.

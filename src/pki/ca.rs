@@ -69,9 +69,11 @@ impl Ca {
                 return Err(PkiError::Exists { path: path.clone() });
             }
         }
+        // The folder stays traversable (0755): ca.crt inside it is public and PostgreSQL's
+        // ssl_ca_file may point straight at it; ca.key is protected by its own 0600.
         std::fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o700)
+            .mode(0o755)
             .create(dir)
             .map_err(|source| files::io_error(dir, source))?;
 
