@@ -11,6 +11,7 @@
 //! docs/certificates.md: one subject OU attribute per group, after which comes the CN.
 
 mod ca;
+pub mod crl;
 mod der;
 mod files;
 mod identity;
