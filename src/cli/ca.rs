@@ -139,8 +139,13 @@ fn issue(
 ) -> anyhow::Result<()> {
     // Check the flags first, so a typo is reported before any file is touched.
     check_flag("--user", pki::validate_user(user))?;
-    for group in groups {
+    for (i, group) in groups.iter().enumerate() {
         check_flag("--group", pki::validate_group(group))?;
+        if groups[..i].contains(group) {
+            return Err(UsageError::new(format!(
+                "--group {group:?}: given more than once"
+            )));
+        }
     }
     let ttl_value = parse_ttl(ttl)?;
     let validity = match not_before {
