@@ -464,3 +464,17 @@ fn an_unwritable_output_is_a_runtime_error_that_names_the_file_once() {
         "the cause should be said once: {err}"
     );
 }
+
+#[test]
+fn an_out_prefix_that_is_a_folder_is_refused() {
+    let dir = with_ca();
+    let args = [
+        "ca", "issue", "--dir", "ca", "--user", "alice", "--out", "ca",
+    ];
+    let err = usage_error(pgtunnel(&args, dir.path()), "issue --out into a folder");
+    assert!(err.contains(r#"--out "ca": is a folder"#), "message: {err}");
+    assert!(
+        !dir.path().join("ca/.key").exists(),
+        "no hidden key file may be written"
+    );
+}

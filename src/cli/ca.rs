@@ -153,6 +153,8 @@ fn issue(
         None => Validity::starting_now(ttl_value),
     };
 
+    check_out(out)?;
+
     let ca = load_ca(dir)?;
     let cert = ca
         .issue_login(user, groups, validity)
@@ -186,6 +188,7 @@ fn server(dir: &Path, dns: &[String], ip: &[String], ttl: &str, out: &Path) -> a
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let validity = Validity::starting_now(parse_ttl(ttl)?);
+    check_out(out)?;
 
     let ca = load_ca(dir)?;
     let cert = ca
@@ -292,6 +295,19 @@ fn load_ca(dir: &Path) -> anyhow::Result<Ca> {
         PkiError::CaMissing { .. } => UsageError::new(format!("--dir: {err}")),
         other => anyhow::Error::new(other).context("loading the CA"),
     })
+}
+
+/// `--out` is a prefix that ".crt" and ".key" are appended to; a folder would give
+/// hidden files named ".crt" and ".key", which is never what was meant.
+fn check_out(out: &Path) -> anyhow::Result<()> {
+    let text = out.as_os_str().as_encoded_bytes();
+    if text.is_empty() || text.ends_with(b"/") || out.is_dir() {
+        return Err(UsageError::new(format!(
+            "--out {:?}: is a folder; give a file name prefix such as certs/alice",
+            out.display().to_string()
+        )));
+    }
+    Ok(())
 }
 
 /// A duration flag: a number and a unit (s, m, h, d; humantime also takes forms such as
