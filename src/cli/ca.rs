@@ -139,14 +139,21 @@ fn issue(
 ) -> anyhow::Result<()> {
     // Check the flags first, so a typo is reported before any file is touched.
     check_flag("--user", pki::validate_user(user))?;
-    for group in groups {
+    for (i, group) in groups.iter().enumerate() {
         check_flag("--group", pki::validate_group(group))?;
+        if groups[..i].contains(group) {
+            return Err(UsageError::new(format!(
+                "--group {group:?}: given more than once"
+            )));
+        }
     }
     let ttl_value = parse_ttl(ttl)?;
     let validity = match not_before {
         Some(text) => Validity::starting_at(parse_time("--not-before", text)?, ttl_value),
         None => Validity::starting_now(ttl_value),
     };
+
+    check_out(out)?;
 
     let ca = load_ca(dir)?;
     let cert = ca
@@ -181,6 +188,7 @@ fn server(dir: &Path, dns: &[String], ip: &[String], ttl: &str, out: &Path) -> a
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let validity = Validity::starting_now(parse_ttl(ttl)?);
+    check_out(out)?;
 
     let ca = load_ca(dir)?;
     let cert = ca
@@ -287,6 +295,19 @@ fn load_ca(dir: &Path) -> anyhow::Result<Ca> {
         PkiError::CaMissing { .. } => UsageError::new(format!("--dir: {err}")),
         other => anyhow::Error::new(other).context("loading the CA"),
     })
+}
+
+/// `--out` is a prefix that ".crt" and ".key" are appended to; a folder would give
+/// hidden files named ".crt" and ".key", which is never what was meant.
+fn check_out(out: &Path) -> anyhow::Result<()> {
+    let text = out.as_os_str().as_encoded_bytes();
+    if text.is_empty() || text.ends_with(b"/") || out.is_dir() {
+        return Err(UsageError::new(format!(
+            "--out {:?}: is a folder; give a file name prefix such as certs/alice",
+            out.display().to_string()
+        )));
+    }
+    Ok(())
 }
 
 /// A duration flag: a number and a unit (s, m, h, d; humantime also takes forms such as
