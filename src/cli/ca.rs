@@ -79,6 +79,29 @@ pub enum CaCommand {
         /// A PEM file with one or more certificates.
         file: PathBuf,
     },
+    /// Revoke a certificate: add it to the CA's signed CRL (DIR/crl.pem), which the
+    /// gateway (`crl = ...`) and PostgreSQL (`ssl_crl_file`) read.
+    Revoke {
+        /// The CA folder made by `pgtunnel ca init`.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The serial to revoke, in hex (as `pgtunnel ca show` and the audit log print it).
+        #[arg(long, conflicts_with = "cert", required_unless_present_any = ["cert", "refresh"])]
+        serial: Option<String>,
+        /// The certificate to revoke (its serial is read from the file).
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        /// Why: an RFC 5280 reason (key-compromise, superseded, affiliation-changed,
+        /// cessation-of-operation, privilege-withdrawn) or free text for DIR/revocations.jsonl.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Only re-sign the CRL with a fresh next-update (run it before the CRL goes stale).
+        #[arg(long, conflicts_with_all = ["serial", "cert"])]
+        refresh: bool,
+        /// How long the CRL stays valid; PostgreSQL refuses every client after that.
+        #[arg(long, default_value = "30d")]
+        next_update: String,
+    },
 }
 
 pub fn run(args: CaArgs) -> anyhow::Result<()> {
@@ -100,7 +123,55 @@ pub fn run(args: CaArgs) -> anyhow::Result<()> {
             out,
         } => server(&dir, &dns, &ip, &ttl, &out),
         CaCommand::Show { file } => show(&file),
+        CaCommand::Revoke { dir, serial, cert, reason, refresh: _, next_update } => {
+            revoke(&dir, serial, cert.as_deref(), reason.as_deref(), &next_update)
+        }
     }
+}
+
+fn revoke(
+    dir: &Path,
+    serial: Option<String>,
+    cert: Option<&Path>,
+    reason: Option<&str>,
+    next_update: &str,
+) -> anyhow::Result<()> {
+    let validity = match humantime::parse_duration(next_update) {
+        Ok(d) if !d.is_zero() => d,
+        _ => {
+            return Err(UsageError::new(format!(
+                "--next-update {next_update:?}: expected a duration longer than zero, e.g. 30d"
+            )));
+        }
+    };
+    let serial = match (serial, cert) {
+        (Some(serial), _) => Some(serial),
+        (None, Some(path)) => {
+            let chain = pki::load_certs(path).map_err(|err| UsageError::new(err.to_string()))?;
+            let identity = pki::Identity::from_der(chain[0].as_ref())
+                .map_err(|err| UsageError::new(format!("{}: {err}", path.display())))?;
+            Some(identity.serial_hex)
+        }
+        (None, None) => None,
+    };
+    let outcome = pki::crl::revoke(dir, serial.as_deref(), reason, validity).map_err(|err| {
+        match err {
+            pki::PkiError::InvalidName { .. } => UsageError::new(err.to_string()),
+            other => anyhow::Error::new(other).context("updating the CRL"),
+        }
+    })?;
+    match (&serial, outcome.already_listed) {
+        (Some(serial), false) => println!("revoked serial {serial}"),
+        (Some(serial), true) => println!("serial {serial} was already revoked; CRL re-signed"),
+        (None, _) => println!("CRL re-signed"),
+    }
+    println!(
+        "{}: CRL number {}, {} revoked certificate(s)",
+        outcome.path.display(),
+        outcome.number,
+        outcome.revoked
+    );
+    Ok(())
 }
 
 fn init(dir: &Path, name: Option<&str>, ttl: &str) -> anyhow::Result<()> {
