@@ -123,9 +123,20 @@ pub fn run(args: CaArgs) -> anyhow::Result<()> {
             out,
         } => server(&dir, &dns, &ip, &ttl, &out),
         CaCommand::Show { file } => show(&file),
-        CaCommand::Revoke { dir, serial, cert, reason, refresh: _, next_update } => {
-            revoke(&dir, serial, cert.as_deref(), reason.as_deref(), &next_update)
-        }
+        CaCommand::Revoke {
+            dir,
+            serial,
+            cert,
+            reason,
+            refresh: _,
+            next_update,
+        } => revoke(
+            &dir,
+            serial,
+            cert.as_deref(),
+            reason.as_deref(),
+            &next_update,
+        ),
     }
 }
 
@@ -154,12 +165,11 @@ fn revoke(
         }
         (None, None) => None,
     };
-    let outcome = pki::crl::revoke(dir, serial.as_deref(), reason, validity).map_err(|err| {
-        match err {
+    let outcome =
+        pki::crl::revoke(dir, serial.as_deref(), reason, validity).map_err(|err| match err {
             pki::PkiError::InvalidName { .. } => UsageError::new(err.to_string()),
             other => anyhow::Error::new(other).context("updating the CRL"),
-        }
-    })?;
+        })?;
     match (&serial, outcome.already_listed) {
         (Some(serial), false) => println!("revoked serial {serial}"),
         (Some(serial), true) => println!("serial {serial} was already revoked; CRL re-signed"),

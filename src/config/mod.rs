@@ -69,6 +69,13 @@ pub struct GatewayConfig {
     pub handshake_timeout: Duration,
     pub connect_timeout: Duration,
     pub drain_timeout: Duration,
+    /// Longest validity period (not-after minus not-before) a login certificate may have.
+    pub max_cert_lifetime: Duration,
+    /// The CA's CRL; revoked certificates are refused and their live sessions closed.
+    pub crl: Option<PathBuf>,
+    /// Close live sessions when their login certificate expires (plus the grace period).
+    pub close_on_cert_expiry: bool,
+    pub cert_expiry_grace: Duration,
     pub services: Vec<Service>,
 }
 
@@ -191,6 +198,20 @@ impl Validator {
             )?,
             connect_timeout: self.duration("gateway.connect_timeout", g.connect_timeout, 5)?,
             drain_timeout: self.duration("gateway.drain_timeout", g.drain_timeout, 30)?,
+            max_cert_lifetime: self.duration(
+                "gateway.max_cert_lifetime",
+                g.max_cert_lifetime,
+                24 * 3600,
+            )?,
+            crl: g.crl.as_deref().map(|p| self.path(p)),
+            close_on_cert_expiry: g.close_on_cert_expiry.unwrap_or(true),
+            cert_expiry_grace: match g.cert_expiry_grace {
+                // Zero is a meaningful grace period, unlike a zero timeout.
+                Some(text) if humantime::parse_duration(&text).is_ok_and(|d| d.is_zero()) => {
+                    Duration::ZERO
+                }
+                other => self.duration("gateway.cert_expiry_grace", other, 0)?,
+            },
             services,
         })
     }

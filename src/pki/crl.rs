@@ -15,7 +15,9 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rcgen::{CertificateRevocationListParams, KeyIdMethod, RevocationReason, RevokedCertParams, SerialNumber};
+use rcgen::{
+    CertificateRevocationListParams, KeyIdMethod, RevocationReason, RevokedCertParams, SerialNumber,
+};
 use rustls_pki_types::CertificateRevocationListDer;
 use rustls_pki_types::pem::PemObject;
 use time::OffsetDateTime;
@@ -73,7 +75,12 @@ impl RevocationList {
             (serials, number, next_update)
         };
         let der = CertificateRevocationListDer::from(der.as_ref().to_vec());
-        Ok(RevocationList { der, serials, number, next_update })
+        Ok(RevocationList {
+            der,
+            serials,
+            number,
+            next_update,
+        })
     }
 
     pub fn is_revoked(&self, serial_hex: &str) -> bool {
@@ -101,7 +108,11 @@ pub fn revoke(
 ) -> Result<RevokeOutcome, PkiError> {
     let ca = Ca::load(ca_dir)?;
     let path = ca_dir.join(CRL_FILE);
-    let (mut entries, previous_number) = if path.exists() { read_entries(&path)? } else { (Vec::new(), 0) };
+    let (mut entries, previous_number) = if path.exists() {
+        read_entries(&path)?
+    } else {
+        (Vec::new(), 0)
+    };
 
     let now = OffsetDateTime::now_utc();
     let mut already_listed = false;
@@ -110,7 +121,11 @@ pub fn revoke(
         let hex = serial_hex(&raw);
         already_listed = entries.iter().any(|e| serial_hex(&e.serial) == hex);
         if !already_listed {
-            entries.push(Entry { serial: raw, revoked_at: now, reason: reason.and_then(parse_reason) });
+            entries.push(Entry {
+                serial: raw,
+                revoked_at: now,
+                reason: reason.and_then(parse_reason),
+            });
         }
         append_log(ca_dir, &hex, reason, now)?;
     }
@@ -135,12 +150,21 @@ pub fn revoke(
     let crl = params.signed_by(ca.issuer())?;
     let pem = crl.pem()?;
     files::replace(&path, pem.as_bytes(), PUBLIC_MODE)?;
-    Ok(RevokeOutcome { path, number, revoked: entries.len(), already_listed })
+    Ok(RevokeOutcome {
+        path,
+        number,
+        revoked: entries.len(),
+        already_listed,
+    })
 }
 
 /// RFC 5280 section 5.3.1 reason names, spelled the way operators type them.
 pub fn parse_reason(text: &str) -> Option<RevocationReason> {
-    let normal: String = text.to_ascii_lowercase().chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    let normal: String = text
+        .to_ascii_lowercase()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
     Some(match normal.as_str() {
         "unspecified" => RevocationReason::Unspecified,
         "keycompromise" => RevocationReason::KeyCompromise,
@@ -162,8 +186,14 @@ fn read_entries(path: &Path) -> Result<(Vec<Entry>, u64), PkiError> {
     for revoked in crl.iter_revoked_certificates() {
         let revoked_at = to_time(revoked.revocation_date.timestamp())
             .ok_or_else(|| bad(path, "revocation date out of range".into()))?;
-        let reason = revoked.reason_code().and_then(|(_, code)| reason_from_code(code.0));
-        entries.push(Entry { serial: revoked.raw_serial().to_vec(), revoked_at, reason });
+        let reason = revoked
+            .reason_code()
+            .and_then(|(_, code)| reason_from_code(code.0));
+        entries.push(Entry {
+            serial: revoked.raw_serial().to_vec(),
+            revoked_at,
+            reason,
+        });
     }
     Ok((entries, list.number.unwrap_or(0)))
 }
@@ -182,7 +212,12 @@ fn reason_from_code(code: u8) -> Option<RevocationReason> {
     })
 }
 
-fn append_log(ca_dir: &Path, serial: &str, reason: Option<&str>, at: OffsetDateTime) -> Result<(), PkiError> {
+fn append_log(
+    ca_dir: &Path,
+    serial: &str,
+    reason: Option<&str>,
+    at: OffsetDateTime,
+) -> Result<(), PkiError> {
     use std::io::Write;
     let path = ca_dir.join(REVOCATION_LOG_FILE);
     let line = serde_json::json!({
@@ -201,18 +236,34 @@ fn append_log(ca_dir: &Path, serial: &str, reason: Option<&str>, at: OffsetDateT
 /// Accepts `8f01`, `8F:01`, `0x8f01`; returns the DER magnitude with a sign byte if the
 /// top bit is set (serials are positive).
 fn parse_serial(text: &str) -> Result<Vec<u8>, PkiError> {
-    let invalid = |reason| PkiError::InvalidName { field: "--serial", value: text.to_string(), reason };
-    let digits: String = text.trim().trim_start_matches("0x").chars().filter(|c| *c != ':').collect();
+    let invalid = |reason| PkiError::InvalidName {
+        field: "--serial",
+        value: text.to_string(),
+        reason,
+    };
+    let digits: String = text
+        .trim()
+        .trim_start_matches("0x")
+        .chars()
+        .filter(|c| *c != ':')
+        .collect();
     if digits.is_empty() || digits.len() > 40 || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(invalid("expected a hexadecimal serial of at most 20 bytes"));
     }
-    let padded = if digits.len() % 2 == 1 { format!("0{digits}") } else { digits };
+    let padded = if digits.len() % 2 == 1 {
+        format!("0{digits}")
+    } else {
+        digits
+    };
     let mut bytes: Vec<u8> = (0..padded.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&padded[i..i + 2], 16))
         .collect::<Result<_, _>>()
         .map_err(|_| invalid("expected a hexadecimal serial"))?;
-    let first = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len().saturating_sub(1));
+    let first = bytes
+        .iter()
+        .position(|&b| b != 0)
+        .unwrap_or(bytes.len().saturating_sub(1));
     bytes.drain(..first);
     if bytes.first().is_some_and(|b| b & 0x80 != 0) {
         bytes.insert(0, 0);
@@ -233,7 +284,10 @@ fn to_time(unix: i64) -> Option<OffsetDateTime> {
 }
 
 fn bad(path: &Path, reason: String) -> PkiError {
-    PkiError::BadFile { path: path.to_path_buf(), reason }
+    PkiError::BadFile {
+        path: path.to_path_buf(),
+        reason,
+    }
 }
 
 #[cfg(test)]
@@ -245,28 +299,71 @@ mod tests {
     fn revoking_a_login_cert_puts_its_serial_in_a_signed_crl_that_reads_back() {
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::init(dir.path()).unwrap();
-        let cert = ca.issue_login("alice", &[], Validity::starting_now(Duration::from_secs(3600))).unwrap();
+        let cert = ca
+            .issue_login(
+                "alice",
+                &[],
+                Validity::starting_now(Duration::from_secs(3600)),
+            )
+            .unwrap();
         let identity = Identity::from_der(cert.cert_der().as_ref()).unwrap();
 
-        let first = revoke(dir.path(), Some(&identity.serial_hex), Some("key compromise"), DEFAULT_CRL_VALIDITY)
-            .unwrap();
-        assert_eq!((first.number, first.revoked), (1, 1), "first CRL lists one serial");
+        let first = revoke(
+            dir.path(),
+            Some(&identity.serial_hex),
+            Some("key compromise"),
+            DEFAULT_CRL_VALIDITY,
+        )
+        .unwrap();
+        assert_eq!(
+            (first.number, first.revoked),
+            (1, 1),
+            "first CRL lists one serial"
+        );
         let list = RevocationList::load(&first.path).unwrap();
-        assert!(list.is_revoked(&identity.serial_hex), "serial {} missing", identity.serial_hex);
+        assert!(
+            list.is_revoked(&identity.serial_hex),
+            "serial {} missing",
+            identity.serial_hex
+        );
 
-        let again = revoke(dir.path(), Some(&identity.serial_hex.to_uppercase()), None, DEFAULT_CRL_VALIDITY)
-            .unwrap();
-        assert!(again.already_listed, "revoking twice must not add a second entry");
-        assert_eq!((again.number, again.revoked), (2, 1), "CRL number grows, list does not");
+        let again = revoke(
+            dir.path(),
+            Some(&identity.serial_hex.to_uppercase()),
+            None,
+            DEFAULT_CRL_VALIDITY,
+        )
+        .unwrap();
+        assert!(
+            again.already_listed,
+            "revoking twice must not add a second entry"
+        );
+        assert_eq!(
+            (again.number, again.revoked),
+            (2, 1),
+            "CRL number grows, list does not"
+        );
     }
 
     #[test]
     fn the_crl_is_accepted_by_rustls_and_refuses_the_revoked_certificate() {
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::init(dir.path()).unwrap();
-        let cert = ca.issue_login("bob", &[], Validity::starting_now(Duration::from_secs(3600))).unwrap();
+        let cert = ca
+            .issue_login(
+                "bob",
+                &[],
+                Validity::starting_now(Duration::from_secs(3600)),
+            )
+            .unwrap();
         let identity = Identity::from_der(cert.cert_der().as_ref()).unwrap();
-        revoke(dir.path(), Some(&identity.serial_hex), None, DEFAULT_CRL_VALIDITY).unwrap();
+        revoke(
+            dir.path(),
+            Some(&identity.serial_hex),
+            None,
+            DEFAULT_CRL_VALIDITY,
+        )
+        .unwrap();
         let list = RevocationList::load(&dir.path().join(CRL_FILE)).unwrap();
 
         let mut roots = rustls::RootCertStore::empty();
@@ -279,9 +376,14 @@ mod tests {
         .build()
         .expect("rustls must accept our CRL");
         let now = rustls_pki_types::UnixTime::now();
-        let err = verifier.verify_client_cert(cert.cert_der(), &[], now).unwrap_err();
+        let err = verifier
+            .verify_client_cert(cert.cert_der(), &[], now)
+            .unwrap_err();
         assert!(
-            matches!(err, rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)),
+            matches!(
+                err,
+                rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)
+            ),
             "expected Revoked, got {err:?}"
         );
     }
