@@ -35,7 +35,7 @@ pub struct Reloader {
 
 impl Reloader {
     pub fn new(cell: SharedCell, audit: AuditSink) -> Reloader {
-        let crl_stamp = cell.load().config.crl.as_ref().and_then(|p| stamp(p));
+        let crl_stamp = cell.load().config.crl.as_ref().and_then(stamp);
         Reloader {
             cell,
             audit,
@@ -60,7 +60,7 @@ impl Reloader {
                         "reload: listen and workers changes take effect only after a restart"
                     );
                 }
-                self.crl_stamp = next.config.crl.as_ref().and_then(|p| stamp(p));
+                self.crl_stamp = next.config.crl.as_ref().and_then(stamp);
                 self.install(next, &current);
                 tracing::info!(config = %path.display(), "reload: new configuration in use");
             }
