@@ -131,6 +131,29 @@ impl GatewayConfig {
     }
 }
 
+/// Identifies a version of a file cheaply, for noticing that a certificate, key or CRL
+/// was replaced: a rewrite (even in place, even to the same size) changes the
+/// modification time or the inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    modified: Option<std::time::SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+impl FileStamp {
+    /// The file's current stamp, or None when it cannot be read.
+    pub fn of(path: &Path) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            modified: meta.modified().ok(),
+            len: meta.len(),
+            inode: meta.ino(),
+        })
+    }
+}
+
 /// The default number of workers: one per CPU this process may use.
 pub fn default_workers() -> usize {
     std::thread::available_parallelism()

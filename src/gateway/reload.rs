@@ -8,21 +8,11 @@
 //! Live sessions are re-checked by each worker's sweep against the new state (policy,
 //! CRL), not here: the main thread never touches a worker's sessions.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{Shared, SharedCell};
 use crate::audit::AuditSink;
-use crate::config::GatewayConfig;
-
-/// Identifies a version of a file cheaply: a rewrite (even in place, even to the same
-/// size) changes the modification time or the inode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileStamp {
-    modified: Option<std::time::SystemTime>,
-    len: u64,
-    inode: u64,
-}
+use crate::config::{FileStamp, GatewayConfig};
 
 pub struct Reloader {
     cell: SharedCell,
@@ -35,7 +25,12 @@ pub struct Reloader {
 
 impl Reloader {
     pub fn new(cell: SharedCell, audit: AuditSink) -> Reloader {
-        let crl_stamp = cell.load().config.crl.as_ref().and_then(stamp);
+        let crl_stamp = cell
+            .load()
+            .config
+            .crl
+            .as_ref()
+            .and_then(|p| FileStamp::of(p));
         Reloader {
             cell,
             audit,
@@ -60,7 +55,7 @@ impl Reloader {
                         "reload: listen and workers changes take effect only after a restart"
                     );
                 }
-                self.crl_stamp = next.config.crl.as_ref().and_then(stamp);
+                self.crl_stamp = next.config.crl.as_ref().and_then(|p| FileStamp::of(p));
                 self.install(next, &current);
                 tracing::info!(config = %path.display(), "reload: new configuration in use");
             }
@@ -80,7 +75,7 @@ impl Reloader {
         let Some(path) = current.config.crl.clone() else {
             return;
         };
-        let now = stamp(&path);
+        let now = FileStamp::of(&path);
         if now == self.crl_stamp || now.is_none() || now == self.failed_crl_stamp {
             return;
         }
@@ -107,14 +102,4 @@ impl Reloader {
         next.generation = current.generation + 1;
         self.cell.store(Arc::new(next));
     }
-}
-
-fn stamp(path: &PathBuf) -> Option<FileStamp> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).ok()?;
-    Some(FileStamp {
-        modified: meta.modified().ok(),
-        len: meta.len(),
-        inode: meta.ino(),
-    })
 }

@@ -229,11 +229,11 @@ pub async fn serve(worker: &Rc<Worker>, sock: Socket, session_id: String, overlo
         PumpEnd::Failed {
             side: Side::Tls,
             error,
-        } => (CloseReason::ClientError, Some(error)),
+        } => (CloseReason::ClientError, Some(error.to_string())),
         PumpEnd::Failed {
             side: Side::Plain,
             error,
-        } => (CloseReason::UpstreamError, Some(error)),
+        } => (CloseReason::UpstreamError, Some(error.to_string())),
         PumpEnd::Stopped(reason) => {
             tls.conn.send_close_notify();
             let _ = uring::timeout(std::time::Duration::from_millis(200), tls.flush()).await;
