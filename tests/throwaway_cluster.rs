@@ -81,7 +81,7 @@ fn cluster_stops_and_removes_its_folder_when_dropped() {
         .trim()
         .to_owned();
     assert!(
-        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        is_alive(&pid),
         "postmaster {pid} is not running while the cluster is up"
     );
 
@@ -92,8 +92,21 @@ fn cluster_stops_and_removes_its_folder_when_dropped() {
         "data folder {} left behind",
         data_dir.display()
     );
-    assert!(
-        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-        "postmaster {pid} still running after drop"
-    );
+    // pg_ctl -w returns once postmaster.pid is gone, a moment before the process ends.
+    let deadline = std::time::Instant::now() + WAIT;
+    while is_alive(&pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!is_alive(&pid), "postmaster {pid} still running after drop");
+}
+
+/// Whether a process exists and has not exited (a zombie awaiting its parent has).
+fn is_alive(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses: "pid (comm) S ...".
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
+        Err(_) => false,
+    }
 }

@@ -1,7 +1,7 @@
 //! Throwaway PostgreSQL clusters for the tests, `pgtunnel demo` and the bench.
 //!
 //! A [`Cluster`] is a real PostgreSQL server made with `initdb` in a temporary folder,
-//! configured with exactly the lines [`PgTlsSettings`] produces (the same lines
+//! configured with exactly what [`PgTlsSettings`] produces (the lines and key commands
 //! `pgtunnel pg-config` prints), listening on 127.0.0.1 only, and removed again when
 //! the value is dropped. It owns finding the server binaries (Debian's
 //! `/usr/lib/postgresql/<version>/bin`), running them as the `postgres` OS user when we
@@ -178,9 +178,9 @@ impl Cluster {
             bin_dir,
             run_as,
             tls: PgTlsSettings::new(
-                data_dir.join("root.crt"),
-                data_dir.join("server.crt"),
-                data_dir.join("server.key"),
+                &data_dir.join("root.crt"),
+                &data_dir.join("server.crt"),
+                &data_dir.join("server.key"),
             ),
             data_dir,
             socket_dir,
@@ -283,19 +283,28 @@ impl Cluster {
     }
 
     /// Copies the CA, certificate and key to where the settings point, owned by the
-    /// server's OS user; PostgreSQL refuses a key others can read, hence 0600.
+    /// server's OS user, then runs the key commands pg-config prints (key owned by that
+    /// user, mode 0600: PostgreSQL refuses a key others can read).
     fn install_tls_files(&self, options: &ClusterOptions) -> Result<(), ClusterError> {
         let files = [
-            (&options.ca_cert, "root.crt", 0o644),
-            (&options.server_cert, "server.crt", 0o644),
-            (&options.server_key, "server.key", 0o600),
+            (&options.ca_cert, self.tls.ca(), 0o644),
+            (&options.server_cert, self.tls.cert(), 0o644),
+            (&options.server_key, self.tls.key(), 0o600),
         ];
-        for (from, name, mode) in files {
-            let to = self.data_dir.join(name);
+        for (from, to, mode) in files {
             let bytes =
                 fs::read(from).map_err(|e| io_error(format!("reading {}", from.display()), e))?;
-            write_new_file(&to, &bytes, mode)?;
-            hand_over(&to, self.run_as.as_ref(), mode)?;
+            write_new_file(to, &bytes, mode)?;
+            hand_over(to, self.run_as.as_ref(), mode)?;
+        }
+        let os_user = match &self.run_as {
+            Some(user) => user.name.clone(),
+            None => current_user_name()?,
+        };
+        for command in self.tls.key_commands(&os_user) {
+            let mut sh = Command::new("sh");
+            sh.arg("-c").arg(&command).stdin(Stdio::null());
+            run_bounded(sh, "a pg-config key command", PSQL_TIMEOUT)?;
         }
 
         let mut conf =
@@ -587,6 +596,23 @@ fn lookup_os_user(name: &str) -> Result<OsUser, ClusterError> {
         uid: id("-u")?,
         gid: id("-g")?,
     })
+}
+
+/// Our own OS user name (`id -un`), for the key commands when we are not root.
+fn current_user_name() -> Result<String, ClusterError> {
+    let output = Command::new("id")
+        .arg("-un")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| io_error("running id -un", e))?;
+    let name = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    if !output.status.success() || name.is_empty() {
+        return Err(io_error(
+            "running id -un",
+            io::Error::other("it named no user for our uid"),
+        ));
+    }
+    Ok(name)
 }
 
 /// Gives a path to the server's OS user (when we are root) and sets its mode.
