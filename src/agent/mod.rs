@@ -1,1 +1,191 @@
-//! agent (being built).
+//! The local agent (`pgtunnel connect`): listens on loopback and turns every accepted
+//! connection (psql, pgbench, any libpq client) into a TLS 1.3 connection to the gateway
+//! that presents the user's login certificate, with SNI = the service name.
+//!
+//! It runs on the same ring runtime and pump as the gateway. When the tunnel cannot be
+//! opened (gateway down, certificate refused), the agent answers the client in
+//! PostgreSQL's own words, an ErrorResponse, so psql prints why instead of "server
+//! closed the connection unexpectedly". The agent does not decide anything about access;
+//! the gateway does.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::ServerName;
+use socket2::{Domain, SockAddr, SockRef, Type};
+use tracing::Instrument;
+
+use crate::pg::wire::{self, SqlState};
+use crate::pump::{self, HandshakeError, PumpEnd, StopSignal, TlsSession};
+use crate::sys::uring::{self, Incoming, Runtime, Socket};
+
+/// Validated agent settings.
+#[derive(Clone)]
+pub struct AgentConfig {
+    pub gateway: SocketAddr,
+    pub service: String,
+    pub listen: SocketAddr,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub connect_timeout: Duration,
+    pub handshake_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("io_uring is not available ({0}); check kernel.io_uring_disabled and seccomp profiles")]
+    Uring(std::io::Error),
+    #[error("service name {0:?} cannot be sent as SNI")]
+    ServiceName(String),
+}
+
+/// A bound agent, ready to serve (binding first lets callers report the address).
+pub struct Agent {
+    config: AgentConfig,
+    listener: socket2::Socket,
+    sni: ServerName<'static>,
+}
+
+impl Agent {
+    pub fn bind(config: AgentConfig) -> Result<Agent, AgentError> {
+        let sni = ServerName::try_from(config.service.clone())
+            .map_err(|_| AgentError::ServiceName(config.service.clone()))?;
+        let listener = bind(config.listen).map_err(|source| AgentError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        Ok(Agent {
+            config,
+            listener,
+            sni,
+        })
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok().and_then(|a| a.as_socket())
+    }
+
+    /// Serves connections on the calling thread until the process ends.
+    pub fn run(self) -> Result<(), AgentError> {
+        let runtime = Runtime::new().map_err(AgentError::Uring)?;
+        let shared = Rc::new(self);
+        let result = runtime.block_on(accept_loop(shared));
+        result.map_err(AgentError::Uring)
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&SockAddr::from(addr))?;
+    socket.listen(1024)?;
+    Ok(socket)
+}
+
+async fn accept_loop(agent: Rc<Agent>) {
+    let mut incoming = Incoming::new(agent.listener.as_raw_fd());
+    let mut next_id: u64 = 0;
+    loop {
+        match incoming.next().await {
+            Ok(client) => {
+                next_id += 1;
+                let span = tracing::debug_span!("tunnel", tunnel.id = next_id);
+                uring::spawn(tunnel(agent.clone(), client).instrument(span));
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "accept failed");
+                uring::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// One client connection: open the tunnel, then pump until either end closes.
+async fn tunnel(agent: Rc<Agent>, client: Socket) {
+    let _ = SockRef::from(client.as_fd()).set_tcp_nodelay(true);
+    let config = &agent.config;
+
+    let mut tls = match uring::timeout(config.connect_timeout, open_gateway(config.gateway)).await {
+        Ok(Ok(sock)) => {
+            let conn = match rustls::ClientConnection::new(config.tls.clone(), agent.sni.clone()) {
+                Ok(conn) => conn,
+                Err(err) => return turn_away(&client, &format!("TLS set-up failed: {err}")).await,
+            };
+            TlsSession::new(sock, rustls::Connection::Client(conn))
+        }
+        Ok(Err(err)) => {
+            let why = format!("cannot reach the gateway at {}: {err}", config.gateway);
+            return turn_away(&client, &why).await;
+        }
+        Err(uring::Elapsed) => {
+            let why = format!("the gateway at {} did not answer in time", config.gateway);
+            return turn_away(&client, &why).await;
+        }
+    };
+
+    match uring::timeout(config.handshake_timeout, tls.handshake()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => return turn_away(&client, &handshake_message(&err)).await,
+        Err(uring::Elapsed) => {
+            return turn_away(
+                &client,
+                "the gateway did not finish the TLS handshake in time",
+            )
+            .await;
+        }
+    }
+
+    let stop = StopSignal::default();
+    let (end, stats) = pump::pump(&mut tls, &client, &stop).await;
+    match end {
+        PumpEnd::Failed { side, error } => {
+            tracing::debug!(?side, error, "tunnel failed");
+        }
+        end => tracing::debug!(
+            ?end,
+            bytes.up = stats.to_tls,
+            bytes.down = stats.from_tls,
+            "tunnel closed"
+        ),
+    }
+}
+
+async fn open_gateway(addr: SocketAddr) -> std::io::Result<Socket> {
+    let socket = socket2::Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), None)?;
+    socket.set_tcp_nodelay(true)?;
+    let socket = Socket::from_owned(socket.into());
+    uring::connect(socket.as_raw_fd(), SockAddr::from(addr)).await?;
+    Ok(socket)
+}
+
+/// Explains a failed handshake in words for the person running psql.
+fn handshake_message(err: &HandshakeError) -> String {
+    match err {
+        HandshakeError::Tls(rustls::Error::AlertReceived(alert)) => format!(
+            "the gateway refused the login certificate (TLS alert: {alert:?}); \
+             check that it is current and issued by the right CA"
+        ),
+        HandshakeError::Tls(err) => format!("TLS handshake with the gateway failed: {err}"),
+        HandshakeError::Eof => "the gateway closed the connection during the handshake".into(),
+        HandshakeError::Io(err) => format!("connection to the gateway failed: {err}"),
+    }
+}
+
+/// Answers the client with a PostgreSQL ErrorResponse and closes. libpq shows it for an
+/// SSLRequest as well as for a StartupMessage, so psql prints our explanation.
+async fn turn_away(client: &Socket, why: &str) {
+    tracing::warn!(reason = why, "tunnel not opened");
+    let message = format!("pgtunnel: {why}");
+    let response = wire::fatal_error(SqlState::REJECTED_CONNECTION, &message, None);
+    let len = response.len();
+    let send = uring::send_all(client.as_raw_fd(), response, 0..len);
+    let _ = uring::timeout(Duration::from_secs(1), send).await;
+}

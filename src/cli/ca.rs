@@ -26,9 +26,10 @@ pub enum CaCommand {
         /// Folder for ca.crt and ca.key; created if missing.
         #[arg(long)]
         dir: PathBuf,
-        /// The root certificate's CN.
-        #[arg(long, default_value = pki::DEFAULT_CA_NAME)]
-        name: String,
+        /// The root certificate's CN [default: "pgtunnel root CA" and 8 random hex
+        /// digits, so that no two roots share a name].
+        #[arg(long)]
+        name: Option<String>,
         /// How long the root is valid (s, m, h, d).
         #[arg(long, default_value = "3650d")]
         ttl: String,
@@ -82,7 +83,7 @@ pub enum CaCommand {
 
 pub fn run(args: CaArgs) -> anyhow::Result<()> {
     match args.command {
-        CaCommand::Init { dir, name, ttl } => init(&dir, &name, &ttl),
+        CaCommand::Init { dir, name, ttl } => init(&dir, name.as_deref(), &ttl),
         CaCommand::Issue {
             dir,
             user,
@@ -102,10 +103,16 @@ pub fn run(args: CaArgs) -> anyhow::Result<()> {
     }
 }
 
-fn init(dir: &Path, name: &str, ttl: &str) -> anyhow::Result<()> {
-    check_flag("--name", pki::validate_ca_name(name))?;
+fn init(dir: &Path, name: Option<&str>, ttl: &str) -> anyhow::Result<()> {
+    let name = match name {
+        Some(name) => {
+            check_flag("--name", pki::validate_ca_name(name))?;
+            name.to_owned()
+        }
+        None => pki::unique_ca_name().context("naming the CA")?,
+    };
     let validity = Validity::starting_now(parse_ttl(ttl)?);
-    let ca = Ca::init_with(dir, name, validity)
+    let ca = Ca::init_with(dir, &name, validity)
         .map_err(|err| classify(err, "--ttl", ttl))
         .context("creating the CA")?;
 

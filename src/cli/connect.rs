@@ -1,8 +1,18 @@
-//! `pgtunnel connect`: the local agent.
+//! `pgtunnel connect`: check the login certificate and key, then run the local agent.
+//! Every start-up problem is one line and exit 64: an agent that starts with a
+//! certificate the gateway will refuse only moves the error somewhere harder to read.
 
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Args;
+
+use super::UsageError;
+use crate::agent::{Agent, AgentConfig};
+use crate::pki::{self, Identity};
+use crate::tls;
 
 #[derive(Debug, Args)]
 pub struct ConnectArgs {
@@ -29,6 +39,78 @@ pub struct ConnectArgs {
     pub server_name: Option<String>,
 }
 
-pub fn run(_args: ConnectArgs) -> anyhow::Result<()> {
-    anyhow::bail!("connect: not built yet")
+pub fn run(args: ConnectArgs) -> anyhow::Result<()> {
+    super::init_logging();
+    let gateway = resolve("--gateway", &args.gateway)?;
+    let listen: SocketAddr = args
+        .listen
+        .parse()
+        .map_err(|_| UsageError::new(format!("--listen {:?}: expected IP:PORT", args.listen)))?;
+    let server_name = match &args.server_name {
+        Some(name) => name.clone(),
+        None => host_part(&args.gateway).to_string(),
+    };
+
+    check_login_cert(&args.cert)?;
+    let client_tls = tls::client_config(&args.cert, &args.key, &args.ca, &server_name)
+        .map_err(|err| UsageError::new(err.to_string()))?;
+
+    let agent = Agent::bind(AgentConfig {
+        gateway,
+        service: args.service.clone(),
+        listen,
+        tls: Arc::new(client_tls),
+        connect_timeout: Duration::from_secs(5),
+        handshake_timeout: Duration::from_secs(10),
+    })
+    .map_err(|err| UsageError::new(err.to_string()))?;
+    tracing::info!(
+        listen.addr = ?agent.local_addr(),
+        gateway.addr = %gateway,
+        service = %args.service,
+        "agent listening"
+    );
+    agent.run()?;
+    Ok(())
+}
+
+/// Refuses to start with a certificate that is expired or not yet valid.
+fn check_login_cert(path: &std::path::Path) -> anyhow::Result<()> {
+    let chain = pki::load_certs(path).map_err(|err| UsageError::new(err.to_string()))?;
+    let identity = Identity::from_der(chain[0].as_ref())
+        .map_err(|err| UsageError::new(format!("{}: {err}", path.display())))?;
+    let now = time::OffsetDateTime::now_utc();
+    let when = crate::audit::format_ts;
+    if now > identity.not_after {
+        return Err(UsageError::new(format!(
+            "{}: login certificate for {:?} expired at {}; ask for a new one (pgtunnel ca issue)",
+            path.display(),
+            identity.user,
+            when(identity.not_after)
+        )));
+    }
+    if now < identity.not_before {
+        return Err(UsageError::new(format!(
+            "{}: login certificate for {:?} is not valid before {}",
+            path.display(),
+            identity.user,
+            when(identity.not_before)
+        )));
+    }
+    Ok(())
+}
+
+fn resolve(flag: &str, value: &str) -> anyhow::Result<SocketAddr> {
+    let mut addrs = value
+        .to_socket_addrs()
+        .map_err(|err| UsageError::new(format!("{flag} {value:?}: {err}")))?;
+    addrs
+        .next()
+        .ok_or_else(|| UsageError::new(format!("{flag} {value:?}: no address")))
+}
+
+/// The host in HOST:PORT or [V6]:PORT.
+fn host_part(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
+    host.trim_start_matches('[').trim_end_matches(']')
 }

@@ -22,13 +22,20 @@ pub const EXIT_USAGE: u8 = 64;
 pub struct UsageError(pub String);
 
 impl UsageError {
+    /// Builds the error already wrapped in `anyhow::Error`, which is what every caller
+    /// returns; hence the lint about `new` not returning `Self`.
+    #[allow(clippy::new_ret_no_self)]
     pub fn new(msg: impl Into<String>) -> anyhow::Error {
         anyhow::Error::new(UsageError(msg.into()))
     }
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "pgtunnel", version, about = "Zero-trust access gateway for PostgreSQL")]
+#[command(
+    name = "pgtunnel",
+    version,
+    about = "Zero-trust access gateway for PostgreSQL"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -78,5 +85,6 @@ pub fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }

@@ -24,7 +24,8 @@ use super::{PkiError, Validity, der, names, rfc3339};
 pub const CA_CERT_FILE: &str = "ca.crt";
 /// The CA private key's file name inside the CA folder.
 pub const CA_KEY_FILE: &str = "ca.key";
-/// The root's CN unless `pgtunnel ca init --name` says otherwise.
+/// The start of a root's CN unless `pgtunnel ca init --name` says otherwise; see
+/// `unique_ca_name` for the rest.
 pub const DEFAULT_CA_NAME: &str = "pgtunnel root CA";
 /// How long a root made by `Ca::init` lasts: ten years of 365 days.
 pub const DEFAULT_CA_TTL: std::time::Duration = std::time::Duration::from_secs(3650 * 86_400);
@@ -50,10 +51,11 @@ pub struct IssuedCert {
 }
 
 impl Ca {
-    /// Makes a new root named "pgtunnel root CA", valid for ten years, in `dir`: writes
+    /// Makes a new root named by `unique_ca_name`, valid for ten years, in `dir`: writes
     /// DIR/ca.crt and DIR/ca.key (0600). Refuses to overwrite either file.
     pub fn init(dir: &Path) -> Result<Ca, PkiError> {
-        Ca::init_with(dir, DEFAULT_CA_NAME, Validity::starting_now(DEFAULT_CA_TTL))
+        let name = unique_ca_name()?;
+        Ca::init_with(dir, &name, Validity::starting_now(DEFAULT_CA_TTL))
     }
 
     /// Like `init`, with the root's CN and validity chosen by the caller.
@@ -211,6 +213,12 @@ impl Ca {
         Ok(IssuedCert::new(cert.der().clone(), &key))
     }
 
+    /// The root's signing key, for tests that build unusual certificates by hand.
+    #[cfg(test)]
+    pub(crate) fn issuer_key(&self) -> &KeyPair {
+        self.issuer.key()
+    }
+
     /// Checks that the loaded pieces belong together and builds the issuer.
     fn from_parts(
         cert_pem: String,
@@ -240,7 +248,12 @@ impl Ca {
     /// A leaf must have a sane span and must not outlive the root that vouches for it.
     fn check_validity(&self, validity: Validity) -> Result<(), PkiError> {
         validity.check()?;
-        if validity.not_after > self.not_after {
+        // Certificates carry whole seconds; compare what will actually be written.
+        let not_after = validity
+            .not_after
+            .replace_nanosecond(0)
+            .unwrap_or(validity.not_after);
+        if not_after > self.not_after {
             return Err(PkiError::InvalidValidity(format!(
                 "it would end {}, after the CA certificate expires ({})",
                 rfc3339(validity.not_after),
@@ -312,6 +325,16 @@ impl std::fmt::Debug for IssuedCert {
     }
 }
 
+/// "pgtunnel root CA" and eight random hex digits. Verifiers find a certificate's issuer
+/// by name, so two roots with the same name make a certificate from the wrong one look
+/// like a forgery (webpki reports a bad signature) instead of "unknown issuer"; a
+/// distinct name per root keeps that diagnosis, and the gateway's audit reason, right.
+pub fn unique_ca_name() -> Result<String, PkiError> {
+    let mut tag = [0u8; 4];
+    super::fill_random(&mut tag)?;
+    Ok(format!("{DEFAULT_CA_NAME} {}", super::inspect::hex(&tag)))
+}
+
 /// What login and server certificates share: not a CA, signing only, a random serial,
 /// and an authority key identifier that points at the root.
 fn leaf_params(validity: Validity) -> Result<CertificateParams, PkiError> {
@@ -356,5 +379,341 @@ fn bad_file(path: &Path, reason: impl ToString) -> PkiError {
     PkiError::BadFile {
         path: path.to_owned(),
         reason: reason.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use sha2::Digest;
+
+    use super::*;
+    use crate::pki::Identity;
+
+    const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
+
+    fn new_ca() -> (tempfile::TempDir, Ca) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca = Ca::init(dir.path()).expect("making a CA");
+        (dir, ca)
+    }
+
+    fn groups(names: &[&str]) -> Vec<String> {
+        names.iter().map(|g| (*g).to_owned()).collect()
+    }
+
+    #[test]
+    fn init_writes_a_p256_root_and_a_key_only_the_owner_can_read() {
+        let (dir, ca) = new_ca();
+
+        let key_mode = files::mode(&dir.path().join(CA_KEY_FILE)).expect("key mode");
+        assert_eq!(key_mode, 0o600, "ca.key must be 0600");
+        let info = CertInfo::from_der(ca.cert_der()).expect("parsing the root");
+        assert_eq!(info.kind, CertKind::Authority, "the root must be a CA");
+        assert_eq!(info.public_key, "ECDSA P-256", "the root's key type");
+        assert!(
+            info.subject.starts_with("CN=pgtunnel root CA ") && info.subject.len() == 28,
+            "the default root name plus eight hex digits: {}",
+            info.subject
+        );
+        assert_eq!(
+            info.key_usage,
+            ["keyCertSign", "cRLSign"],
+            "a root only signs"
+        );
+        let on_disk = std::fs::read_to_string(dir.path().join(CA_CERT_FILE)).expect("ca.crt");
+        assert_eq!(on_disk, ca.cert_pem(), "ca.crt holds the root's PEM");
+    }
+
+    #[test]
+    fn two_default_roots_have_different_names() {
+        let (_a_dir, a) = new_ca();
+        let (_b_dir, b) = new_ca();
+        let name = |ca: &Ca| CertInfo::from_der(ca.cert_der()).expect("parsing").subject;
+        assert_ne!(name(&a), name(&b), "default root names must not collide");
+    }
+
+    #[test]
+    fn init_refuses_to_overwrite_an_existing_ca_and_changes_nothing() {
+        let (dir, ca) = new_ca();
+        let key_before = std::fs::read(dir.path().join(CA_KEY_FILE)).expect("ca.key");
+
+        let err = Ca::init(dir.path()).expect_err("a second init overwrote the CA");
+        assert!(
+            matches!(err, PkiError::Exists { .. }) && err.to_string().contains("ca.crt"),
+            "the refusal should name the existing file: {err}"
+        );
+        let key_after = std::fs::read(dir.path().join(CA_KEY_FILE)).expect("ca.key");
+        assert_eq!(key_before, key_after, "the CA key must be untouched");
+        let reloaded = Ca::load(dir.path()).expect("loading the CA");
+        assert_eq!(
+            reloaded.cert_pem(),
+            ca.cert_pem(),
+            "the CA certificate must be untouched"
+        );
+    }
+
+    #[test]
+    fn init_refuses_when_only_the_key_is_left_over() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join(CA_KEY_FILE), "old key").expect("seeding a key");
+        let err = Ca::init(dir.path()).expect_err("init overwrote a stray key");
+        assert!(
+            err.to_string().contains("ca.key"),
+            "should name ca.key: {err}"
+        );
+    }
+
+    #[test]
+    fn load_of_a_folder_without_a_ca_says_so() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let err = Ca::load(&dir.path().join("nothing")).expect_err("loaded a missing CA");
+        assert!(
+            matches!(err, PkiError::CaMissing { .. }) && err.to_string().contains("ca init"),
+            "expected a no-CA error that says how to make one: {err}"
+        );
+    }
+
+    #[test]
+    fn load_refuses_a_ca_key_other_users_can_read() {
+        let (dir, _ca) = new_ca();
+        let key = dir.path().join(CA_KEY_FILE);
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+
+        let err = Ca::load(dir.path()).expect_err("loaded a world-readable CA key");
+        assert!(
+            matches!(err, PkiError::KeyReadableByOthers { mode: 0o644, .. }),
+            "expected a key-permission error, got: {err}"
+        );
+    }
+
+    #[test]
+    fn load_refuses_a_key_that_belongs_to_another_root() {
+        let (dir, _ca) = new_ca();
+        let (other_dir, _other) = new_ca();
+        std::fs::copy(
+            other_dir.path().join(CA_KEY_FILE),
+            dir.path().join(CA_KEY_FILE),
+        )
+        .expect("swapping in another CA's key");
+
+        let err = Ca::load(dir.path()).expect_err("loaded a mismatched key");
+        assert!(
+            err.to_string().contains("does not belong"),
+            "expected a mismatch error: {err}"
+        );
+    }
+
+    #[test]
+    fn a_login_certificate_round_trips_into_the_identity_it_was_issued_for() {
+        let (_dir, ca) = new_ca();
+        let validity = Validity::starting_now(8 * HOUR);
+        let cert = ca
+            .issue_login("alice", &groups(&["dba", "ops team"]), validity)
+            .expect("issuing");
+
+        let id = Identity::from_der(cert.cert_der()).expect("reading the identity");
+        assert_eq!(id.user, "alice", "user is the CN");
+        assert_eq!(
+            id.groups,
+            ["dba", "ops team"],
+            "groups are the OUs, in order"
+        );
+        assert_eq!(
+            id.subject, "CN=alice,OU=ops team,OU=dba",
+            "RFC 4514 subject"
+        );
+        // X.509 times have whole seconds.
+        let whole = |t: time::OffsetDateTime| t.replace_nanosecond(0).expect("0 is valid");
+        assert_eq!(
+            id.not_before,
+            whole(validity.not_before),
+            "not-before as issued"
+        );
+        assert_eq!(
+            id.not_after,
+            whole(validity.not_after),
+            "not-after as issued"
+        );
+        let digest = super::super::inspect::hex(&sha2::Sha256::digest(cert.cert_der()));
+        assert_eq!(id.sha256_hex, digest, "fingerprint is SHA-256 of the DER");
+    }
+
+    #[test]
+    fn login_certificates_have_distinct_random_serials_of_sixteen_bytes() {
+        let (_dir, ca) = new_ca();
+        let serials: Vec<String> = (0..8)
+            .map(|_| {
+                let cert = ca
+                    .issue_login("alice", &[], Validity::starting_now(HOUR))
+                    .expect("issuing");
+                Identity::from_der(cert.cert_der())
+                    .expect("identity")
+                    .serial_hex
+            })
+            .collect();
+        for serial in &serials {
+            assert_eq!(serial.len(), 32, "16 bytes is 32 hex digits: {serial}");
+            assert!(
+                serial
+                    .chars()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
+                "lower-case hex without separators: {serial}"
+            );
+            assert!(!serial.starts_with("00"), "no padding byte: {serial}");
+        }
+        let mut unique = serials.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), serials.len(), "serials repeat: {serials:?}");
+    }
+
+    #[test]
+    fn a_login_certificate_is_for_client_authentication_only() {
+        let (_dir, ca) = new_ca();
+        let cert = ca
+            .issue_login("alice", &[], Validity::starting_now(HOUR))
+            .expect("issuing");
+        let info = CertInfo::from_der(cert.cert_der()).expect("parsing");
+        assert_eq!(info.kind, CertKind::Login, "kind");
+        assert_eq!(info.extended_key_usage, ["clientAuth"], "EKU");
+        assert_eq!(info.key_usage, ["digitalSignature"], "key usage");
+        assert!(
+            info.dns_names.is_empty() && info.ip_addresses.is_empty(),
+            "no SANs"
+        );
+        let root = CertInfo::from_der(ca.cert_der()).expect("parsing the root");
+        assert_eq!(info.issuer, root.subject, "issued by our root");
+    }
+
+    #[test]
+    fn issuing_refuses_bad_names_and_repeated_groups() {
+        let (_dir, ca) = new_ca();
+        let v = Validity::starting_now(HOUR);
+        let cases = [
+            ("", groups(&[]), "user"),
+            ("al\u{0}ice", groups(&[]), "user"),
+            ("alice", groups(&["dba", ""]), "group"),
+            ("alice", groups(&["dba", "dba"]), "more than once"),
+        ];
+        for (user, groups, expected) in cases {
+            let err = ca
+                .issue_login(user, &groups, v)
+                .expect_err("bad input was issued");
+            assert!(
+                err.to_string().contains(expected),
+                "issuing {user:?} {groups:?}: error should mention {expected:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_certificate_may_not_outlive_its_root() {
+        let (_dir, ca) = new_ca();
+        let too_long = Validity::starting_now(DEFAULT_CA_TTL + HOUR);
+        let err = ca
+            .issue_login("alice", &[], too_long)
+            .expect_err("a leaf outliving the root was issued");
+        assert!(
+            matches!(err, PkiError::InvalidValidity(_)) && err.to_string().contains("CA"),
+            "expected a lifetime error naming the CA: {err}"
+        );
+    }
+
+    #[test]
+    fn a_server_certificate_carries_its_sans_and_server_auth_only() {
+        let (_dir, ca) = new_ca();
+        let ips: Vec<IpAddr> = vec!["127.0.0.1".parse().expect("ip"), "::1".parse().expect("ip")];
+        let cert = ca
+            .issue_server(
+                &["db.example".to_owned(), "*.db.example".to_owned()],
+                &ips,
+                Validity::starting_now(HOUR),
+            )
+            .expect("issuing");
+
+        let info = CertInfo::from_der(cert.cert_der()).expect("parsing");
+        assert_eq!(info.kind, CertKind::Server, "kind");
+        assert_eq!(info.dns_names, ["db.example", "*.db.example"], "DNS SANs");
+        assert_eq!(info.ip_addresses, ips, "IP SANs");
+        assert_eq!(
+            info.common_names,
+            ["db.example"],
+            "CN is the first DNS name"
+        );
+        assert_eq!(info.extended_key_usage, ["serverAuth"], "EKU");
+    }
+
+    #[test]
+    fn a_server_certificate_needs_a_valid_name() {
+        let (_dir, ca) = new_ca();
+        let v = Validity::starting_now(HOUR);
+        assert!(
+            ca.issue_server(&[], &[], v).is_err(),
+            "no names at all was accepted"
+        );
+        let err = ca
+            .issue_server(&["bad name".to_owned()], &[], v)
+            .expect_err("a DNS name with a space was accepted");
+        assert!(
+            err.to_string().contains("bad name"),
+            "should quote the name: {err}"
+        );
+    }
+
+    #[test]
+    fn written_keys_are_0600_and_rewriting_replaces_both_files() {
+        let (dir, ca) = new_ca();
+        let prefix = dir.path().join("alice");
+        let first = ca
+            .issue_login("alice", &[], Validity::starting_now(HOUR))
+            .expect("issuing");
+        let (cert_path, key_path) = first.write(&prefix).expect("writing");
+        assert_eq!(cert_path, dir.path().join("alice.crt"), "PREFIX.crt");
+        assert_eq!(key_path, dir.path().join("alice.key"), "PREFIX.key");
+        assert_eq!(files::mode(&key_path).expect("mode"), 0o600, "key mode");
+        assert_eq!(
+            files::mode(&cert_path).expect("mode"),
+            0o644,
+            "certificate mode"
+        );
+
+        let second = ca
+            .issue_login("alice", &[], Validity::starting_now(HOUR))
+            .expect("issuing again");
+        second.write(&prefix).expect("rewriting in place");
+        let key_on_disk = std::fs::read_to_string(&key_path).expect("reading key");
+        let cert_on_disk = std::fs::read_to_string(&cert_path).expect("reading cert");
+        assert_eq!(
+            key_on_disk,
+            second.key_pem(),
+            "the new key replaced the old one"
+        );
+        assert_eq!(
+            cert_on_disk, second.cert_pem,
+            "the new certificate replaced the old one"
+        );
+        assert!(
+            crate::pki::load_private_key(&key_path).is_ok(),
+            "the written key loads back for rustls"
+        );
+    }
+
+    #[test]
+    fn debug_output_never_contains_the_private_key() {
+        let (_dir, ca) = new_ca();
+        let cert = ca
+            .issue_login("alice", &[], Validity::starting_now(HOUR))
+            .expect("issuing");
+        let shown = format!("{cert:?} {ca:?}");
+        assert!(
+            !shown.contains("PRIVATE KEY"),
+            "Debug leaked a key: {shown}"
+        );
+        assert!(
+            !shown.contains(cert.key_pem().lines().nth(1).expect("key body")),
+            "key body"
+        );
     }
 }

@@ -75,3 +75,112 @@ impl Identity {
         self.not_before <= t && t <= self.not_after
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{Ca, Validity, der};
+
+    fn ca() -> (tempfile::TempDir, Ca) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca = Ca::init(dir.path()).expect("making a CA");
+        (dir, ca)
+    }
+
+    /// A login certificate whose subject is replaced by `subject` (a DER Name).
+    fn with_subject(ca: &Ca, subject: &[u8]) -> Vec<u8> {
+        let cert = ca
+            .issue_login(
+                "placeholder",
+                &[],
+                Validity::starting_now(std::time::Duration::from_secs(60)),
+            )
+            .expect("issuing");
+        der::replace_subject(cert.cert_der(), subject, ca.issuer_key()).expect("re-signing")
+    }
+
+    #[test]
+    fn a_login_certificate_without_groups_has_an_empty_group_list() {
+        let (_dir, ca) = ca();
+        let cert = ca
+            .issue_login(
+                "bob",
+                &[],
+                Validity::starting_now(std::time::Duration::from_secs(60)),
+            )
+            .expect("issuing");
+        let id = Identity::from_der(cert.cert_der()).expect("identity");
+        assert_eq!(id.user, "bob", "user");
+        assert!(
+            id.groups.is_empty(),
+            "no groups were issued: {:?}",
+            id.groups
+        );
+        assert_eq!(id.subject, "CN=bob", "subject");
+        assert!(id.is_valid_at(time::OffsetDateTime::now_utc()), "valid now");
+        assert!(
+            id.lifetime() <= time::Duration::minutes(6),
+            "one minute plus the skew allowance: {}",
+            id.lifetime()
+        );
+    }
+
+    #[test]
+    fn a_subject_without_exactly_one_cn_is_refused() {
+        let (_dir, ca) = ca();
+        let no_cn = der::tlv(0x30, &[]);
+        let err = Identity::from_der(&with_subject(&ca, &no_cn)).expect_err("no CN accepted");
+        assert!(err.to_string().contains("no CN"), "no-CN error: {err}");
+
+        let mut two = der::login_subject("alice", &[]);
+        let second = der::login_subject("bob", &[]);
+        // Splice bob's RDN into alice's Name: both are one short SEQUENCE of one RDN.
+        let mut rdns = two.split_off(2);
+        rdns.extend_from_slice(&second[2..]);
+        let two_cns = der::tlv(0x30, &rdns);
+        let err = Identity::from_der(&with_subject(&ca, &two_cns)).expect_err("two CNs");
+        assert!(
+            err.to_string().contains("more than one CN"),
+            "ambiguity error: {err}"
+        );
+    }
+
+    #[test]
+    fn a_cn_the_ca_would_not_issue_is_refused() {
+        let (_dir, ca) = ca();
+        let subject = der::login_subject("eve\nadmin", &[]);
+        let err = Identity::from_der(&with_subject(&ca, &subject)).expect_err("control char");
+        assert!(
+            err.to_string().contains("control"),
+            "control character error: {err}"
+        );
+    }
+
+    #[test]
+    fn a_ca_certificate_is_not_an_identity() {
+        let (_dir, ca) = ca();
+        let err = Identity::from_der(ca.cert_der()).expect_err("the root became an identity");
+        assert!(
+            err.to_string().contains("CA certificate"),
+            "CA refusal: {err}"
+        );
+    }
+
+    #[test]
+    fn trailing_bytes_after_the_certificate_are_refused() {
+        let (_dir, ca) = ca();
+        let cert = ca
+            .issue_login(
+                "alice",
+                &[],
+                Validity::starting_now(std::time::Duration::from_secs(60)),
+            )
+            .expect("issuing");
+        let mut der = cert.cert_der().to_vec();
+        der.push(0);
+        assert!(
+            Identity::from_der(&der).is_err(),
+            "trailing garbage was accepted"
+        );
+    }
+}

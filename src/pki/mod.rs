@@ -18,10 +18,15 @@ mod inspect;
 mod names;
 pub mod pem;
 
+#[cfg(test)]
+mod handshake_tests;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use ca::{CA_CERT_FILE, CA_KEY_FILE, Ca, DEFAULT_CA_NAME, IssuedCert};
+pub use ca::{
+    CA_CERT_FILE, CA_KEY_FILE, Ca, DEFAULT_CA_NAME, DEFAULT_CA_TTL, IssuedCert, unique_ca_name,
+};
 pub use identity::Identity;
 pub use inspect::{CertInfo, CertKind};
 pub use names::{

@@ -1,0 +1,196 @@
+//! The audit record schema. Field names and values are a public interface (auditors
+//! write queries against them): add fields, never rename them. docs/audit.md documents
+//! each one.
+
+use std::net::SocketAddr;
+
+use serde::{Serialize, Serializer};
+use time::OffsetDateTime;
+
+use crate::pki::Identity;
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Event {
+    /// A session was authorized and its upstream connection is open.
+    #[serde(rename = "session.start")]
+    SessionStart,
+    /// An authorized session ended.
+    #[serde(rename = "session.end")]
+    SessionEnd,
+    /// A connection was refused; `reason` says why.
+    #[serde(rename = "session.denied")]
+    SessionDenied,
+}
+
+/// Why a connection was refused. Stable codes, one per cause an operator acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DenyReason {
+    /// The client sent no certificate.
+    NoClientCert,
+    /// The client certificate does not chain to the configured client CA.
+    UnknownCa,
+    /// The client certificate's not-after is in the past.
+    CertExpired,
+    /// The client certificate's not-before is in the future.
+    CertNotYetValid,
+    /// The client certificate is malformed, has the wrong key usage, or a bad signature.
+    BadCert,
+    /// The SNI names no configured service (or no SNI with several services).
+    UnknownService,
+    /// The identity is not allowed for this service.
+    PolicyDenied,
+    /// The TLS handshake failed for another reason (garbage, wrong version, no ALPN match).
+    HandshakeFailed,
+    /// The client did not finish the handshake in time.
+    HandshakeTimeout,
+    /// PostgreSQL could not be reached in time.
+    UpstreamUnavailable,
+    /// Too many sessions or handshakes in flight on this worker.
+    Overloaded,
+}
+
+/// Why an authorized session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloseReason {
+    /// Both sides finished; the client closed first.
+    ClientClosed,
+    /// Both sides finished; PostgreSQL closed first.
+    UpstreamClosed,
+    /// The client sent something TLS rejects, or its connection failed.
+    ClientError,
+    /// The PostgreSQL connection failed.
+    UpstreamError,
+    /// The gateway was shutting down and the drain timeout passed.
+    Shutdown,
+}
+
+/// One line of the audit log.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditRecord {
+    #[serde(serialize_with = "rfc3339_micros")]
+    pub ts: OffsetDateTime,
+    pub event: Event,
+    pub session_id: String,
+    pub peer: SocketAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_serial: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_sha256: Option<String>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "opt_rfc3339"
+    )]
+    pub cert_not_after: Option<OffsetDateTime>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<DenyReason>,
+    /// Free text that helps a human (the TLS error, the upstream error); not for queries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_from_client: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_to_client: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub close_reason: Option<CloseReason>,
+}
+
+impl AuditRecord {
+    /// A record of `event` for `session_id`, stamped now; fill in the rest with the
+    /// builder methods.
+    pub fn new(event: Event, session_id: &str, peer: SocketAddr) -> AuditRecord {
+        AuditRecord {
+            ts: OffsetDateTime::now_utc(),
+            event,
+            session_id: session_id.to_string(),
+            peer,
+            service: None,
+            user: None,
+            groups: None,
+            cert_serial: None,
+            cert_sha256: None,
+            cert_not_after: None,
+            reason: None,
+            detail: None,
+            bytes_from_client: None,
+            bytes_to_client: None,
+            duration_ms: None,
+            close_reason: None,
+        }
+    }
+
+    pub fn identity(mut self, identity: &Identity) -> AuditRecord {
+        self.user = Some(identity.user.clone());
+        self.groups = Some(identity.groups.clone());
+        self.cert_serial = Some(identity.serial_hex.clone());
+        self.cert_sha256 = Some(identity.sha256_hex.clone());
+        self.cert_not_after = Some(identity.not_after);
+        self
+    }
+
+    pub fn service(mut self, service: Option<&str>) -> AuditRecord {
+        self.service = service.map(str::to_string);
+        self
+    }
+
+    pub fn reason(mut self, reason: DenyReason, detail: Option<String>) -> AuditRecord {
+        self.reason = Some(reason);
+        self.detail = detail;
+        self
+    }
+}
+
+const RFC3339_MICROS: &[time::format_description::BorrowedFormatItem<'static>] = time::macros::format_description!(
+    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+);
+
+/// Formats a time as RFC 3339 in UTC with microseconds, e.g. `2026-12-03T19:25:26.123456Z`.
+pub fn format_ts(ts: OffsetDateTime) -> String {
+    let utc = ts.to_offset(time::UtcOffset::UTC);
+    // Formatting a valid date with a fixed description cannot fail; fall back to the
+    // library's own RFC 3339 rendering rather than lose the record.
+    utc.format(RFC3339_MICROS)
+        .unwrap_or_else(|_| utc.to_string())
+}
+
+fn rfc3339_micros<S: Serializer>(ts: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_ts(*ts))
+}
+
+fn opt_rfc3339<S: Serializer>(ts: &Option<OffsetDateTime>, s: S) -> Result<S::Ok, S::Error> {
+    match ts {
+        Some(ts) => rfc3339_micros(ts, s),
+        None => s.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn denied_record_serialises_with_reason_code_and_no_empty_fields() {
+        let mut rec = AuditRecord::new(
+            Event::SessionDenied,
+            "s1",
+            "127.0.0.1:5000".parse().unwrap(),
+        )
+        .reason(DenyReason::NoClientCert, None);
+        rec.ts = time::macros::datetime!(2026-12-03 19:25:26.123456 UTC);
+        let json = serde_json::to_string(&rec).unwrap();
+        assert_eq!(
+            json,
+            r#"{"ts":"2026-12-03T19:25:26.123456Z","event":"session.denied","session_id":"s1","peer":"127.0.0.1:5000","reason":"no_client_cert"}"#
+        );
+    }
+}

@@ -1,0 +1,39 @@
+//! The configuration file exactly as written: serde structs with no meaning attached yet.
+//! Unknown fields are errors, so a typo (`lisen`) is caught instead of silently ignored.
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub gateway: RawGateway,
+    #[serde(default)]
+    pub service: Vec<RawService>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGateway {
+    pub listen: String,
+    pub cert: String,
+    pub key: String,
+    pub client_ca: String,
+    pub audit_log: String,
+    pub workers: Option<usize>,
+    pub max_sessions: Option<usize>,
+    pub max_handshakes: Option<usize>,
+    pub handshake_timeout: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub drain_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub name: String,
+    pub upstream: String,
+    #[serde(default)]
+    pub allow_users: Vec<String>,
+    #[serde(default)]
+    pub allow_groups: Vec<String>,
+}
