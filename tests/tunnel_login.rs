@@ -8,14 +8,12 @@ use common::*;
 use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 
-/// Runs WHOAMI_SQL as alice through a fresh gateway in front of `upstream` and checks
-/// the row and the audit records; shared by the TCP and unix-socket upstreams.
-fn alice_logs_in_through_the_tunnel(upstream: impl Fn(&pgtunnel::pg::cluster::Cluster) -> String) {
+#[test]
+fn psql_through_agent_and_gateway_logs_in_with_the_login_certificate_and_is_audited() {
     let pki = Pki::new();
     let cluster = start_cluster(&pki, &["alice"]);
     let alice = pki.login("alice", &["dba"]);
-    let service = service_toml(SERVICE, &upstream(&cluster), &["alice"], &["dba"]);
-    let gateway = Gateway::start(&pki, &service);
+    let gateway = Gateway::start(&pki, &main_service(&cluster));
     let agent = Agent::start(&pki, &gateway, SERVICE, &alice);
 
     let out = psql(agent.port, &pki, &alice, "alice", WHOAMI_SQL);
@@ -110,14 +108,57 @@ fn is_sha256_hex(s: &str) -> bool {
     hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit())
 }
 
+/// PostgreSQL offers no TLS on a unix socket (it answers SSLRequest with `N`), so over
+/// a `unix:` upstream psql's own TLS, and with it PostgreSQL's `cert` check, cannot
+/// happen: only the gateway checks the certificate, and pg_hba's `local` lines decide
+/// (here the throwaway cluster's `local all all trust`). This test shows the path works
+/// and that PostgreSQL indeed refuses TLS there; docs/limitations.md says what follows.
 #[test]
-fn psql_through_agent_and_gateway_logs_in_with_the_login_certificate_and_is_audited() {
-    alice_logs_in_through_the_tunnel(|cluster| cluster.addr().to_string());
-}
+fn gateway_reaches_postgresql_over_a_unix_socket_upstream_where_only_the_gateway_checks_the_certificate()
+ {
+    let pki = Pki::new();
+    let cluster = start_cluster(&pki, &["alice"]);
+    let alice = pki.login("alice", &["dba"]);
+    let upstream = format!("unix:{}", cluster.socket_path().display());
+    let gateway = Gateway::start(
+        &pki,
+        &service_toml(SERVICE, &upstream, &["alice"], &["dba"]),
+    );
+    let agent = Agent::start(&pki, &gateway, SERVICE, &alice);
 
-#[test]
-fn gateway_reaches_postgresql_over_a_unix_socket_upstream() {
-    alice_logs_in_through_the_tunnel(|cluster| format!("unix:{}", cluster.socket_path().display()));
+    let sql = "SELECT current_user, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+    let verified = psql(agent.port, &pki, &alice, "alice", sql);
+    let conn = format!(
+        "host=127.0.0.1 port={} sslmode=disable user=alice dbname=postgres \
+         connect_timeout=10 gssencmode=disable",
+        agent.port
+    );
+    let mut plain = std::process::Command::new(psql_bin());
+    clear_pg_env(&mut plain);
+    plain.arg(conn).args(["-X", "-A", "-t", "-w", "-c", sql]);
+    let plain = run_bounded(plain, CLIENT_TIMEOUT);
+    let plain_out = String::from_utf8_lossy(&plain.stdout);
+
+    assert!(
+        !verified.status.success() && verified.stderr.contains("does not support SSL"),
+        "PostgreSQL offered TLS over its unix socket?\n{}",
+        verified.describe()
+    );
+    assert!(
+        plain.status.success() && plain_out.trim() == "alice|f",
+        "psql without inner TLS did not reach PostgreSQL over the unix upstream: {}\n{}\n{}",
+        plain.status,
+        plain_out,
+        String::from_utf8_lossy(&plain.stderr)
+    );
+    drop(agent);
+    let (_, records) = gateway.stop();
+    assert_eq!(
+        events(&records, "session.start").len(),
+        2,
+        "want both sessions admitted by the gateway:\n{}",
+        show(&records)
+    );
 }
 
 /// The writer flushes at least every 100 ms, so a record is readable while the gateway
