@@ -663,8 +663,12 @@ pub fn show<'a>(records: impl IntoIterator<Item = &'a Value>) -> String {
 // A raw TLS client, for clients that misbehave on purpose
 // ---------------------------------------------------------------------------------------
 
+/// The name the gateway's certificate carries in every scenario (see [`Pki::new`]).
+pub const GATEWAY_NAME: &str = "localhost";
+
 /// A TLS 1.3 client config that trusts `ca` and offers ALPN `pgtunnel`, presenting
-/// `cert` if given.
+/// `cert` if given. The gateway's certificate is checked for [`GATEWAY_NAME`] whatever
+/// SNI the connection sends: SNI names the service, as the agent does it.
 pub fn tls_client(ca: &Path, cert: Option<&CertPair>) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for der in CertificateDer::pem_file_iter(ca).expect("reading CA PEM") {
@@ -672,8 +676,13 @@ pub fn tls_client(ca: &Path, cert: Option<&CertPair>) -> Arc<rustls::ClientConfi
             .add(der.expect("CA certificate"))
             .expect("adding CA root");
     }
+    let webpki = rustls::client::WebPkiServerVerifier::builder(Arc::new(roots))
+        .build()
+        .expect("server verifier");
+    let verifier = Arc::new(GatewayNameVerifier(webpki));
     let builder = rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
-        .with_root_certificates(roots);
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
     let mut config = match cert {
         Some(pair) => {
             let chain = CertificateDer::pem_file_iter(&pair.crt)
@@ -689,6 +698,48 @@ pub fn tls_client(ca: &Path, cert: Option<&CertPair>) -> Arc<rustls::ClientConfi
     };
     config.alpn_protocols = vec![b"pgtunnel".to_vec()];
     Arc::new(config)
+}
+
+/// Full WebPKI verification of the gateway's certificate, for [`GATEWAY_NAME`] instead
+/// of the SNI (which names the service).
+#[derive(Debug)]
+struct GatewayNameVerifier(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl rustls::client::danger::ServerCertVerifier for GatewayNameVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _sni: &ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let name = ServerName::try_from(GATEWAY_NAME).expect("a DNS name");
+        self.0
+            .verify_server_cert(end_entity, intermediates, &name, ocsp, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }
 
 /// How a raw TLS attempt ended.
@@ -735,19 +786,18 @@ pub fn tls_attempt(
 }
 
 /// A TLS stream to the gateway after a handshake that succeeded on our side (the
-/// gateway may still refuse us on its first look at the certificate). `server_name`
-/// is what the gateway's certificate is checked against, and the SNI unless `config`
-/// disables SNI.
+/// gateway may still refuse us on its first look at the certificate). `sni` is sent
+/// unless `config` disables SNI; the certificate is checked for [`GATEWAY_NAME`].
 pub fn tls_handshake(
     gateway: SocketAddr,
     config: Arc<rustls::ClientConfig>,
-    server_name: &str,
+    sni: &str,
 ) -> (SocketAddr, TlsStream, Result<(), String>) {
     let sock = TcpStream::connect_timeout(&gateway, WAIT).expect("TCP connect to gateway");
     let local = sock.local_addr().expect("local address");
     sock.set_read_timeout(Some(WAIT)).expect("read timeout");
     sock.set_write_timeout(Some(WAIT)).expect("write timeout");
-    let name = ServerName::try_from(server_name.to_owned()).expect("a valid server name");
+    let name = ServerName::try_from(sni.to_owned()).expect("SNI is a valid DNS name");
     let conn = rustls::ClientConnection::new(config, name).expect("client connection");
     let mut stream = rustls::StreamOwned::new(conn, sock);
 
