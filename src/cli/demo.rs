@@ -89,8 +89,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     show_psql(&cluster, &files, agent.port, &[&agent, &gateway])?;
     show_audit(&gateway)?;
-    show_try_it(&cluster, &files, agent.port, &gateway);
-
+    show_try_it(&cluster, &files, agent.port, &gateway, args.no_wait);
     if args.no_wait {
         return Ok(());
     }
@@ -321,14 +320,18 @@ fn show_audit(gateway: &Supervised) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn show_try_it(cluster: &Cluster, files: &Files, port: u16, gateway: &Supervised) {
+fn show_try_it(cluster: &Cluster, files: &Files, port: u16, gateway: &Supervised, no_wait: bool) {
     let psql = if on_path("psql") {
         "psql".to_owned()
     } else {
         cluster.bin("psql").display().to_string()
     };
     println!();
-    println!("Try it yourself (while the demo runs):");
+    if no_wait {
+        println!("Try it yourself: run the demo without --no-wait, then:");
+    } else {
+        println!("Try it yourself (while the demo runs):");
+    }
     println!("   {psql} \"{}\"", conninfo(files, port));
     if let Some(audit_log) = &gateway.audit_log {
         println!("and watch the audit log:");
