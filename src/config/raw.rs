@@ -25,6 +25,10 @@ pub struct RawGateway {
     pub handshake_timeout: Option<String>,
     pub connect_timeout: Option<String>,
     pub drain_timeout: Option<String>,
+    pub max_cert_lifetime: Option<String>,
+    pub crl: Option<String>,
+    pub close_on_cert_expiry: Option<bool>,
+    pub cert_expiry_grace: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
