@@ -9,8 +9,11 @@
 //! Dropping the last sink and joining the writer ([`AuditWriter::close`]) writes every
 //! queued record before the gateway exits.
 
+pub mod chain;
+mod file;
 mod record;
+pub mod verify;
 mod writer;
 
-pub use record::{AuditRecord, CloseReason, DenyReason, Event, format_ts};
-pub use writer::{AuditError, AuditSink, AuditWriter};
+pub use record::{AuditRecord, CloseReason, DenyReason, Event, ReloadOutcome, format_ts};
+pub use writer::{AuditError, AuditOptions, AuditSink, AuditWriter, FailurePolicy, FsyncPolicy};

@@ -25,6 +25,10 @@ pub struct RawGateway {
     pub handshake_timeout: Option<String>,
     pub connect_timeout: Option<String>,
     pub drain_timeout: Option<String>,
+    pub audit_fsync: Option<String>,
+    pub audit_fsync_interval: Option<String>,
+    pub on_audit_failure: Option<String>,
+    pub audit_max_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -78,7 +78,7 @@ impl Shared {
 pub fn run(shared: Shared) -> Result<(), GatewayError> {
     let shared = Arc::new(shared);
     let config = &shared.config;
-    let (audit_writer, audit_sink) = AuditWriter::start(&config.audit_log)?;
+    let (audit_writer, audit_sink) = AuditWriter::start(&config.audit_log, config.audit.clone())?;
     let listeners = listener::bind(config.listen, config.workers)?;
     let local = listeners
         .first()
