@@ -76,6 +76,7 @@ impl TrailFile {
             let mut span = vec![0u8; (len - tail.end) as usize];
             std::os::unix::fs::FileExt::read_exact_at(&file, &mut span, tail.end)
                 .map_err(open_err)?;
+            check_crash_like(path, tail.end, &span)?;
             let needs_newline = span.last() != Some(&b'\n');
             if !needs_newline {
                 span.pop();
@@ -238,6 +239,31 @@ fn previous_head(path: &Path) -> Result<Head, AuditError> {
     }
 }
 
+/// Most newlines the bytes after the last record may hold and still be what a crash
+/// leaves: a cut line, the newline a recovering writer added after it, and perhaps a cut
+/// `audit.recovered` line after that.
+const MAX_TORN_NEWLINES: usize = 2;
+
+/// Refuses to treat as torn what a crash cannot leave behind: several lines, or a whole
+/// JSON line that is not a chained record (a file from an older pgtunnel, or edited by
+/// hand). Building on such a file would hide it.
+fn check_crash_like(path: &Path, offset: u64, span: &[u8]) -> Result<(), AuditError> {
+    let newlines = span.iter().filter(|&&b| b == b'\n').count();
+    let whole_json = span
+        .split(|&b| b == b'\n')
+        .take(newlines)
+        .any(|line| serde_json::from_slice::<serde::de::IgnoredAny>(line).is_ok());
+    if newlines > MAX_TORN_NEWLINES || whole_json {
+        return Err(AuditError::Damaged {
+            path: path.to_path_buf(),
+            problem: format!(
+                "from offset {offset} on it holds {newlines} line(s) that are not chained                  audit records, which no crash leaves: it was written by an older pgtunnel                  or edited; move it aside and check it with `pgtunnel audit verify`"
+            ),
+        });
+    }
+    Ok(())
+}
+
 fn no_record_in_tail(path: &Path) -> AuditError {
     AuditError::Damaged {
         path: path.to_path_buf(),
@@ -284,6 +310,29 @@ mod tests {
         assert!(
             matches!(second, Err(AuditError::InUse { .. })),
             "a second writer must not interleave its chain"
+        );
+    }
+
+    #[test]
+    fn a_file_of_unchained_json_lines_is_refused_not_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        std::fs::write(&path, b"{\"ts\":\"1\"}\n{\"ts\":\"2\"}\n").unwrap();
+        let result = TrailFile::open(&path);
+        assert!(
+            matches!(&result, Err(AuditError::Damaged { problem, .. }) if problem.contains("offset 0")),
+            "old unchained records must not be passed off as torn bytes"
+        );
+    }
+
+    #[test]
+    fn a_file_whose_last_4_mib_hold_no_record_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        std::fs::write(&path, vec![b'x'; 5 * 1024 * 1024]).unwrap();
+        assert!(
+            matches!(TrailFile::open(&path), Err(AuditError::Damaged { .. })),
+            "a writer must not build on a file it cannot find the chain in"
         );
     }
 

@@ -334,11 +334,10 @@ impl Walker<'_> {
         if link.seq == expected {
             if link.prev_sha256 != prev.sha256 {
                 let detail = format!(
-                    "its SHA-256 is {}, but the next record ({}:{}, seq {}) recorded \
+                    "its SHA-256 is {}, but the next record ({}, seq {}) recorded \
                      prev_sha256 {}",
                     short(&prev.sha256),
-                    self.paths[loc.file].display(),
-                    loc.line,
+                    self.place(loc, prev.loc.file),
                     link.seq,
                     short(&link.prev_sha256)
                 );
@@ -359,11 +358,9 @@ impl Walker<'_> {
                     format!("seq {expected} to {} are", link.seq - 1)
                 };
                 let detail = format!(
-                    "{missing} missing before this record (the one before it is seq {} at \
-                     {}:{})",
+                    "{missing} missing before this record (the one before it is seq {} at {})",
                     prev.seq,
-                    self.paths[prev.loc.file].display(),
-                    prev.loc.line
+                    self.place(prev.loc, loc.file),
                 );
                 if let Some(problem) =
                     self.problem(loc, Some(link.seq), ProblemKind::Removed, detail)
@@ -393,10 +390,9 @@ impl Walker<'_> {
             if problem.kind == ProblemKind::Removed {
                 problem.kind = ProblemKind::Reordered;
                 problem.detail = format!(
-                    "it comes before seq {}, which is later in the trail ({}:{})",
+                    "it comes before seq {}, which is later in the trail ({})",
                     link.seq,
-                    self.paths[loc.file].display(),
-                    loc.line
+                    place(self.paths, loc, problem.order.0),
                 );
             }
             if gap.found > gap.hi - gap.lo {
@@ -412,10 +408,9 @@ impl Walker<'_> {
             self.prev = Some(this);
         } else {
             let detail = format!(
-                "comes after seq {} ({}:{}): repeated or out of order",
+                "comes after seq {} ({}): repeated or out of order",
                 prev.seq,
-                self.paths[prev.loc.file].display(),
-                prev.loc.line
+                self.place(prev.loc, loc.file),
             );
             self.problem(loc, Some(link.seq), ProblemKind::OutOfOrder, detail);
             self.prev = Some(this);
@@ -456,6 +451,11 @@ impl Walker<'_> {
         }
     }
 
+    /// Where `loc` is, said from a message about a line in file `from`.
+    fn place(&self, loc: Loc, from: usize) -> String {
+        place(self.paths, loc, from)
+    }
+
     /// Records a problem; returns its index while the report has room.
     fn problem(
         &mut self,
@@ -477,6 +477,15 @@ impl Walker<'_> {
             order: (loc.file, loc.line),
         });
         Some(self.report.problems.len() - 1)
+    }
+}
+
+/// `line 7` within the same file, `FILE:7` in another.
+fn place(paths: &[PathBuf], loc: Loc, from: usize) -> String {
+    if loc.file == from {
+        format!("line {}", loc.line)
+    } else {
+        format!("{}:{}", paths[loc.file].display(), loc.line)
     }
 }
 

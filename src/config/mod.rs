@@ -125,6 +125,21 @@ impl GatewayConfig {
         Validator { file, base }.validate(raw, path)
     }
 
+    /// Only `gateway.audit_log` of the file at `path`, resolved as [`GatewayConfig::load`]
+    /// resolves it, without checking the rest (or resolving its host names): what
+    /// `pgtunnel audit` needs on a machine that may not reach the databases.
+    pub fn audit_log_of(path: &Path) -> Result<PathBuf, ConfigError> {
+        let file = display_name(path);
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        let raw: RawConfig =
+            toml::from_str(&text).map_err(|err| syntax_error(&file, &text, &err))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok(Validator { file, base }.path(&raw.gateway.audit_log))
+    }
+
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)
     }
