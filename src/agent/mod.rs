@@ -8,10 +8,11 @@
 //! closed the connection unexpectedly". The agent does not decide anything about access;
 //! the gateway does.
 
+mod credentials;
+
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
 use rustls_pki_types::ServerName;
@@ -19,16 +20,20 @@ use socket2::{Domain, SockAddr, SockRef, Type};
 use tracing::Instrument;
 
 use crate::pg::wire::{self, SqlState};
-use crate::pump::{self, HandshakeError, PumpEnd, StopSignal, TlsSession};
+use crate::pump::{self, HandshakeError, PumpEnd, PumpError, Side, StopSignal, TlsSession};
 use crate::sys::uring::{self, Incoming, Runtime, Socket};
 
+pub use credentials::{Credentials, Loaded, LoginFiles};
+
 /// Validated agent settings.
-#[derive(Clone)]
 pub struct AgentConfig {
     pub gateway: SocketAddr,
     pub service: String,
     pub listen: SocketAddr,
-    pub tls: Arc<rustls::ClientConfig>,
+    /// Where the login certificate, key and CA live (re-read when they change).
+    pub login: LoginFiles,
+    /// Those files as loaded and checked at start-up.
+    pub loaded: Loaded,
     pub connect_timeout: Duration,
     pub handshake_timeout: Duration,
 }
@@ -50,6 +55,7 @@ pub enum AgentError {
 /// A bound agent, ready to serve (binding first lets callers report the address).
 pub struct Agent {
     config: AgentConfig,
+    credentials: Credentials,
     listener: socket2::Socket,
     sni: ServerName<'static>,
 }
@@ -62,8 +68,10 @@ impl Agent {
             addr: config.listen,
             source,
         })?;
+        let credentials = Credentials::new(config.login.clone(), config.loaded.clone());
         Ok(Agent {
             config,
+            credentials,
             listener,
             sni,
         })
@@ -113,9 +121,17 @@ async fn tunnel(agent: Rc<Agent>, client: Socket) {
     let _ = SockRef::from(client.as_fd()).set_tcp_nodelay(true);
     let config = &agent.config;
 
+    // Credentials first: an expired certificate is explained here rather than refused,
+    // less legibly, by the gateway.
+    let login = agent.credentials.current();
+    let cert_path = &agent.credentials.files().cert;
+    if let Some(why) = login.unusable_at(time::OffsetDateTime::now_utc(), cert_path) {
+        return turn_away(&client, &why).await;
+    }
+
     let mut tls = match uring::timeout(config.connect_timeout, open_gateway(config.gateway)).await {
         Ok(Ok(sock)) => {
-            let conn = match rustls::ClientConnection::new(config.tls.clone(), agent.sni.clone()) {
+            let conn = match rustls::ClientConnection::new(login.tls.clone(), agent.sni.clone()) {
                 Ok(conn) => conn,
                 Err(err) => return turn_away(&client, &format!("TLS set-up failed: {err}")).await,
             };
@@ -146,8 +162,17 @@ async fn tunnel(agent: Rc<Agent>, client: Socket) {
     let stop = StopSignal::default();
     let (end, stats) = pump::pump(&mut tls, &client, &stop).await;
     match end {
+        // In TLS 1.3 the client's handshake is over before the gateway has looked at the
+        // certificate, so a refusal arrives as an alert on the first read. Nothing has
+        // reached the client yet: it can still be told why.
+        PumpEnd::Failed {
+            side: Side::Tls,
+            error: PumpError::Tls(err),
+        } if stats.from_tls == 0 => {
+            turn_away(&client, &refusal_message(&err, &login)).await;
+        }
         PumpEnd::Failed { side, error } => {
-            tracing::debug!(?side, error, "tunnel failed");
+            tracing::debug!(?side, error = %error, "tunnel failed");
         }
         end => tracing::debug!(
             ?end,
@@ -155,6 +180,33 @@ async fn tunnel(agent: Rc<Agent>, client: Socket) {
             bytes.down = stats.from_tls,
             "tunnel closed"
         ),
+    }
+}
+
+/// Explains the gateway's refusal of a completed handshake (a TLS alert).
+fn refusal_message(err: &rustls::Error, login: &Loaded) -> String {
+    use rustls::AlertDescription as A;
+    let rustls::Error::AlertReceived(alert) = err else {
+        return format!("the gateway ended the connection: {err}");
+    };
+    match alert {
+        A::CertificateRevoked => format!(
+            "the gateway refused the login certificate for {:?}: it has been revoked; \
+             ask for a new one (pgtunnel ca issue)",
+            login.user
+        ),
+        A::CertificateExpired => format!(
+            "the gateway refused the login certificate for {:?} as expired or not yet valid \
+             (valid until {}); check the clocks, or ask for a new one (pgtunnel ca issue)",
+            login.user,
+            crate::audit::format_ts(login.not_after)
+        ),
+        A::UnknownCA | A::BadCertificate | A::UnsupportedCertificate => format!(
+            "the gateway does not accept the login certificate for {:?} ({alert:?}); \
+             it may come from another CA",
+            login.user
+        ),
+        other => format!("the gateway refused the connection (TLS alert {other:?})"),
     }
 }
 
@@ -179,12 +231,17 @@ fn handshake_message(err: &HandshakeError) -> String {
     }
 }
 
-/// Answers the client with a PostgreSQL ErrorResponse and closes. libpq shows it for an
-/// SSLRequest as well as for a StartupMessage, so psql prints our explanation.
+/// Answers the client with a PostgreSQL ErrorResponse (FATAL, 28000) and closes.
+///
+/// psql prints the message in full when it is not asking for TLS (sslmode=disable, or
+/// the tunnel's usual set-up with TLS to PostgreSQL switched off). When psql asks for
+/// TLS, current libpq (since the fix for CVE-2024-10977) does not trust any text sent
+/// before TLS and prints only "server sent an error response during SSL exchange"; the
+/// full reason is then in this agent's log, which is why it is logged at warn.
 async fn turn_away(client: &Socket, why: &str) {
     tracing::warn!(reason = why, "tunnel not opened");
     let message = format!("pgtunnel: {why}");
-    let response = wire::fatal_error(SqlState::REJECTED_CONNECTION, &message, None);
+    let response = wire::fatal_error(SqlState::INVALID_AUTHORIZATION, &message, None);
     let len = response.len();
     let send = uring::send_all(client.as_raw_fd(), response, 0..len);
     let _ = uring::timeout(Duration::from_secs(1), send).await;

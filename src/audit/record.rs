@@ -105,6 +105,10 @@ pub enum DenyReason {
     UpstreamUnavailable,
     /// Too many sessions or handshakes in flight on this worker.
     Overloaded,
+    /// The certificate's validity period is longer than `max_cert_lifetime`.
+    LifetimeExceedsMax,
+    /// The certificate is on the CA's revocation list.
+    Revoked,
     /// The audit log cannot be written and `on_audit_failure` is `refuse`: a session
     /// that could not be recorded does not run. This denial itself is recorded only if
     /// the writer recovers before its queue fills.
@@ -125,6 +129,12 @@ pub enum CloseReason {
     UpstreamError,
     /// The gateway was shutting down and the drain timeout passed.
     Shutdown,
+    /// The login certificate expired (plus `cert_expiry_grace`) while the session ran.
+    CertExpired,
+    /// The login certificate was revoked while the session ran.
+    Revoked,
+    /// A reloaded policy no longer allows this identity on this service.
+    PolicyChanged,
 }
 
 /// One line of the audit log.

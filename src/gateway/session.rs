@@ -50,7 +50,7 @@ pub async fn serve(worker: &Rc<Worker>, sock: Socket, session_id: String, overlo
 
     // Handshake, under a deadline. The snapshot of shared state is taken once, so a
     // reload mid-session never mixes two configurations in one decision.
-    let shared = worker.shared.clone();
+    let shared = worker.shared.load_full();
     let conn = match rustls::ServerConnection::new(shared.server_tls.clone()) {
         Ok(conn) => conn,
         Err(err) => {
@@ -98,6 +98,42 @@ pub async fn serve(worker: &Rc<Worker>, sock: Socket, session_id: String, overlo
         }
     };
     tracing::debug!(user = %identity.user, "client certificate verified");
+
+    // Short-lived is enforced, not hoped for: a certificate issued for longer than
+    // max_cert_lifetime is refused even though it chains and is in its validity period.
+    let lifetime = identity.not_after - identity.not_before;
+    let max =
+        time::Duration::try_from(shared.config.max_cert_lifetime).unwrap_or(time::Duration::MAX);
+    if lifetime > max {
+        let detail = format!(
+            "certificate lifetime {} exceeds max_cert_lifetime {}",
+            crate::pki::human_duration(lifetime),
+            crate::pki::human_duration(max)
+        );
+        ctx.deny(
+            DenyReason::LifetimeExceedsMax,
+            Some(&identity),
+            None,
+            Some(detail.clone()),
+        );
+        let msg = wire::fatal_error(
+            SqlState::INVALID_AUTHORIZATION,
+            &format!("pgtunnel: {detail}"),
+            None,
+        );
+        let _ = uring::timeout(std::time::Duration::from_secs(1), tls.send_and_close(&msg)).await;
+        return;
+    }
+    // rustls checked the CRL in the handshake; this catches a CRL swapped in between.
+    if shared.is_revoked(&identity.serial_hex) {
+        ctx.deny(
+            DenyReason::Revoked,
+            Some(&identity),
+            None,
+            Some("certificate is revoked".into()),
+        );
+        return;
+    }
 
     // Service by SNI; without SNI, the only service if there is exactly one.
     let sni = server_name(&tls.conn);
@@ -169,7 +205,7 @@ pub async fn serve(worker: &Rc<Worker>, sock: Socket, session_id: String, overlo
 
     // Authorized and connected: the start record, then the pump.
     let started = Instant::now();
-    let registration = worker.register();
+    let registration = worker.register(&identity, &service.name, shared.generation);
     let start = AuditRecord::new(Event::SessionStart, ctx.session_id, peer)
         .identity(&identity)
         .service(Some(&service.name));
@@ -193,11 +229,11 @@ pub async fn serve(worker: &Rc<Worker>, sock: Socket, session_id: String, overlo
         PumpEnd::Failed {
             side: Side::Tls,
             error,
-        } => (CloseReason::ClientError, Some(error)),
+        } => (CloseReason::ClientError, Some(error.to_string())),
         PumpEnd::Failed {
             side: Side::Plain,
             error,
-        } => (CloseReason::UpstreamError, Some(error)),
+        } => (CloseReason::UpstreamError, Some(error.to_string())),
         PumpEnd::Stopped(reason) => {
             tls.conn.send_close_notify();
             let _ = uring::timeout(std::time::Duration::from_millis(200), tls.flush()).await;

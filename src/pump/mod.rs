@@ -11,4 +11,4 @@ mod userspace;
 
 pub use stop::StopSignal;
 pub use tls_stream::{HandshakeError, TlsSession};
-pub use userspace::{PumpEnd, PumpStats, Side, pump};
+pub use userspace::{PumpEnd, PumpError, PumpStats, Side, pump};

@@ -41,10 +41,19 @@ pub enum Side {
 pub enum PumpEnd {
     /// Both directions finished; `first` is the side that closed first.
     Closed { first: Side },
-    /// A side failed (reset, TLS error, ...); the text is for the audit `detail`.
-    Failed { side: Side, error: String },
+    /// A side failed (reset, TLS error, ...).
+    Failed { side: Side, error: PumpError },
     /// The session's owner asked it to stop.
     Stopped(CloseReason),
+}
+
+/// What failed, kept structured so that the agent can explain a TLS alert to psql.
+#[derive(Debug, thiserror::Error)]
+pub enum PumpError {
+    #[error("TLS: {0}")]
+    Tls(rustls::Error),
+    #[error("{0}")]
+    Io(io::Error),
 }
 
 /// Plaintext bytes moved each way.
@@ -302,7 +311,7 @@ impl Pump<'_> {
                 // but a TLS error ends the session, so this is the last word.
                 return Err(PumpEnd::Failed {
                     side: Side::Tls,
-                    error: err.to_string(),
+                    error: PumpError::Tls(err),
                 });
             }
             self.drain_plaintext()?;
@@ -361,6 +370,6 @@ fn reset_is_eof(err: io::Error) -> io::Result<usize> {
 fn failed(side: Side, err: io::Error) -> PumpEnd {
     PumpEnd::Failed {
         side,
-        error: err.to_string(),
+        error: PumpError::Io(err),
     }
 }

@@ -17,7 +17,13 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls_pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
+
+pub mod client_hello;
+pub mod handshake;
+pub mod record;
 
 use crate::audit::DenyReason;
 use crate::pki;
@@ -73,11 +79,16 @@ pub fn server_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     client_roots: RootCertStore,
+    crls: Vec<CertificateRevocationListDer<'static>>,
 ) -> Result<ServerConfig, rustls::Error> {
     let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(client_roots), provider.clone())
-        .build()
-        .map_err(|err| rustls::Error::General(err.to_string()))?;
+    // With a CRL, a certificate whose revocation status it cannot establish (issued by
+    // another CA in client_ca than the CRL's) is refused: fail closed.
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(client_roots), provider.clone())
+            .with_crls(crls)
+            .build()
+            .map_err(|err| rustls::Error::General(err.to_string()))?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
@@ -195,6 +206,7 @@ pub fn deny_reason(err: &rustls::Error) -> DenyReason {
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
                 DenyReason::CertNotYetValid
             }
+            CertificateError::Revoked => DenyReason::Revoked,
             _ => DenyReason::BadCert,
         },
         _ => DenyReason::HandshakeFailed,

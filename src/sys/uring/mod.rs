@@ -11,7 +11,7 @@ mod runtime;
 
 pub use ops::{
     BufOp, BufResult, Elapsed, Incoming, Socket, connect, flush_submissions, poll, read, recv,
-    send, send_all, sleep, timeout,
+    recv_limit, send, send_all, sleep, timeout,
 };
 pub use runtime::{Runtime, spawn, yield_now};
 

@@ -91,15 +91,21 @@ impl Completable for RecvData {
 /// Receives into `buf`'s spare capacity. A buffer with no spare capacity is an error,
 /// not a zero-length read that would look like end of stream.
 pub fn recv(fd: RawFd, buf: Vec<u8>) -> BufOp {
-    recv_with(fd, buf, false)
+    recv_with(fd, buf, usize::MAX, false)
+}
+
+/// Like [`recv`], reading at most `limit` bytes: the handshake reads exactly one TLS
+/// record at a time, so that nothing past it leaves the socket.
+pub fn recv_limit(fd: RawFd, buf: Vec<u8>, limit: usize) -> BufOp {
+    recv_with(fd, buf, limit, false)
 }
 
 /// Like [`recv`] for a plain descriptor (an eventfd, a pipe): uses IORING_OP_READ.
 pub fn read(fd: RawFd, buf: Vec<u8>) -> BufOp {
-    recv_with(fd, buf, true)
+    recv_with(fd, buf, usize::MAX, true)
 }
 
-fn recv_with(fd: RawFd, buf: Vec<u8>, plain_read: bool) -> BufOp {
+fn recv_with(fd: RawFd, buf: Vec<u8>, limit: usize, plain_read: bool) -> BufOp {
     let op = if buf.capacity() == buf.len() {
         Err((
             io::Error::new(io::ErrorKind::InvalidInput, "recv into a full buffer"),
@@ -111,7 +117,7 @@ fn recv_with(fd: RawFd, buf: Vec<u8>, plain_read: bool) -> BufOp {
         // owns and which does not move with it.
         let op = unsafe {
             Op::submit(data, |d| {
-                let spare = d.buf.capacity() - d.buf.len();
+                let spare = (d.buf.capacity() - d.buf.len()).min(limit);
                 // SAFETY (pointer arithmetic): `len <= capacity`, so the start of the spare
                 // region is inside (or one past) the allocation.
                 let ptr = d.buf.as_ptr().wrapping_add(d.buf.len()) as *mut u8;
