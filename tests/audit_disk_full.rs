@@ -241,3 +241,37 @@ fn with_continue_a_full_disk_still_admits_sessions() {
     );
     assert_whole_lines(&path, "after recovery");
 }
+
+#[test]
+fn closing_while_the_disk_is_full_gives_up_promptly_and_leaves_whole_lines() {
+    let Some(fs) = mount_or_skip("64k", "closing_while_the_disk_is_full_...") else {
+        return;
+    };
+    let path = fs.mnt.join("audit.jsonl");
+    let (writer, sink) = AuditWriter::start(&path, AuditOptions::default()).unwrap();
+    send(&sink, 0, 5);
+    assert!(
+        wait_until(Duration::from_secs(5), || lines(&path).len() == 5),
+        "5 records written"
+    );
+    let _filler = fill(&fs.mnt);
+    send(&sink, 5, 45);
+    assert!(
+        wait_until(Duration::from_secs(5), || sink.is_failing()),
+        "the writer must notice the full disk"
+    );
+    drop(sink);
+    let started = std::time::Instant::now();
+    let written = writer.close();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "close must not hang on a disk that stays full (took {:?})",
+        started.elapsed()
+    );
+    assert_eq!(
+        written, 5,
+        "only the records before the disk filled reached the file"
+    );
+    assert_eq!(lines(&path).len(), 5, "nothing half-written may remain");
+    assert_whole_lines(&path, "after giving up");
+}

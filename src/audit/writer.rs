@@ -45,6 +45,10 @@ const COMPLAIN_EVERY: Duration = Duration::from_secs(60);
 /// How often lost records are logged.
 const LOST_LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// How often the head of the chain is written to the diagnostic log while it moves: a
+/// copy outside the file, so cutting records from its end can be noticed.
+const HEAD_LOG_EVERY: Duration = Duration::from_secs(60);
+
 /// How long to wait before trying again a rotation that failed.
 const ROTATE_RETRY: Duration = Duration::from_secs(5);
 
@@ -322,6 +326,9 @@ struct Writer {
     last_complaint: Instant,
     rotation: Option<Rotation>,
     rotation_not_before: Instant,
+    /// The seq last written to the diagnostic log, and when.
+    logged_head: u64,
+    last_head_log: Instant,
 }
 
 impl Writer {
@@ -344,6 +351,8 @@ impl Writer {
             last_complaint: now,
             rotation: None,
             rotation_not_before: now,
+            logged_head: 0,
+            last_head_log: now,
         }
     }
 
@@ -392,6 +401,9 @@ impl Writer {
             self.note_lost();
             if self.settle(false) {
                 self.maybe_rotate();
+                if self.last_head_log.elapsed() >= HEAD_LOG_EVERY {
+                    self.log_head("interval");
+                }
             }
         }
         self.finish(rx);
@@ -611,26 +623,41 @@ impl Writer {
     /// After the last sink is gone (or `close` gave up on a failing log): write and sync
     /// what is left, and log the head of the chain so it can be kept elsewhere.
     fn finish(&mut self, rx: &Receiver<AuditRecord>) {
-        if self.failing_since.is_none() {
+        // One last attempt at what is pending, then at whatever is still queued (there is
+        // some when `close` came while the log could not be written).
+        if self.settle(true) {
             for record in rx.try_iter().take(QUEUE_CAPACITY) {
                 self.push(&record, true);
             }
             self.note_lost();
+            if self.settle(true) {
+                self.log_head("close");
+                return;
+            }
         }
-        if !self.settle(true) {
-            let unwritten = self.pending_queued + rx.try_iter().take(QUEUE_CAPACITY).count() as u64;
-            self.state.dropped.fetch_add(unwritten, Ordering::Relaxed);
-            tracing::error!(
-                audit.path = %self.file.path().display(),
-                audit.lost = unwritten,
-                "audit log could not be written before shutdown: records lost"
-            );
+        let unwritten = self.pending_queued + rx.try_iter().take(QUEUE_CAPACITY).count() as u64;
+        self.state.dropped.fetch_add(unwritten, Ordering::Relaxed);
+        tracing::error!(
+            audit.path = %self.file.path().display(),
+            audit.lost = unwritten,
+            "audit log could not be written before shutdown: records lost"
+        );
+    }
+
+    /// Writes the head of the chain (seq and hash of the last record on disk) to the
+    /// diagnostic log: at close always, otherwise only when it has moved.
+    fn log_head(&mut self, moment: &'static str) {
+        self.last_head_log = Instant::now();
+        let moved = self.head.seq != self.logged_head;
+        if !self.pending.is_empty() || !(moved || moment == "close") {
             return;
         }
+        self.logged_head = self.head.seq;
         tracing::info!(
             audit.path = %self.file.path().display(),
             audit.seq = self.head.seq,
             audit.sha256 = %self.head.sha256,
+            moment,
             "audit chain head"
         );
     }
