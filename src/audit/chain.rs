@@ -338,12 +338,21 @@ mod tests {
         let name = archive_name(Path::new("/var/log/audit.jsonl"), at);
         assert_eq!(
             name,
-            Path::new("/var/log/audit.jsonl.20261203T192526.123456Z")
+            Path::new("/var/log/audit.jsonl.20261203T192526.123456Z"),
+            "archive names are the file name and the UTC time to the microsecond"
         );
-        assert!(is_archive_of(
-            "audit.jsonl.20261203T192526.123456Z",
-            "audit.jsonl"
-        ));
+        let later = archive_name(
+            Path::new("/var/log/audit.jsonl"),
+            at + time::Duration::hours(5),
+        );
+        assert!(
+            later > name,
+            "a later rotation must sort after an earlier one"
+        );
+        assert!(
+            is_archive_of("audit.jsonl.20261203T192526.123456Z", "audit.jsonl"),
+            "our own archive name must be recognised"
+        );
         assert!(
             !is_archive_of("audit.jsonl.bak", "audit.jsonl"),
             "a stray .bak is not ours"

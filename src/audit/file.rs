@@ -345,9 +345,13 @@ mod tests {
             .unwrap()
             .torn
             .expect("garbage is torn");
-        assert_eq!(torn.offset, 0);
+        assert_eq!(torn.offset, 0, "the whole file is torn: it holds no record");
         assert_eq!(torn.bytes, 10, "the newline is not counted");
-        assert_eq!(torn.sha256, chain::line_sha256(b"half a rec"));
+        assert_eq!(
+            torn.sha256,
+            chain::line_sha256(b"half a rec"),
+            "the hash covers exactly the torn bytes"
+        );
         assert!(!torn.needs_newline, "it already ends in a newline");
     }
 }

@@ -314,76 +314,97 @@ impl Walker<'_> {
         self.problem(span.loc, None, span.kind, detail);
     }
 
-    /// The heart of it: does this record follow the previous one?
+    /// The heart of it: does this record follow the previous one? After a problem the
+    /// walk goes on from this record (or, for a record that fills an earlier hole, from
+    /// the highest one seen), so one tampered line is one problem, not a cascade.
     fn check_link(&mut self, loc: Loc, link: &Link, sha256: &str) {
         let this = Prev {
             seq: link.seq,
             sha256: sha256.to_string(),
             loc,
         };
-        let Some(prev) = self.prev.take() else {
-            self.check_start(loc, link);
-            self.report.last = Some(Head {
-                seq: this.seq,
-                sha256: this.sha256.clone(),
-            });
-            self.prev = Some(this);
-            return;
+        let next = match self.prev.take() {
+            None => {
+                self.check_start(loc, link);
+                this
+            }
+            Some(prev) if link.seq == prev.seq.saturating_add(1) => {
+                self.check_hash(&prev, loc, link);
+                this
+            }
+            Some(prev) if link.seq > prev.seq => {
+                self.skipped_ahead(&prev, loc, link);
+                this
+            }
+            Some(prev) => self.went_back(prev, this, link),
         };
-        let expected = prev.seq.saturating_add(1);
-        if link.seq == expected {
-            if link.prev_sha256 != prev.sha256 {
-                let detail = format!(
-                    "its SHA-256 is {}, but the next record ({}, seq {}) recorded \
-                     prev_sha256 {}",
-                    short(&prev.sha256),
-                    self.place(loc, prev.loc.file),
-                    link.seq,
-                    short(&link.prev_sha256)
-                );
-                self.problem(prev.loc, Some(prev.seq), ProblemKind::Edited, detail);
+        self.report.last = Some(Head {
+            seq: next.seq,
+            sha256: next.sha256.clone(),
+        });
+        self.prev = Some(next);
+    }
+
+    /// The next seq: its `prev_sha256` must be the previous line's hash.
+    fn check_hash(&mut self, prev: &Prev, loc: Loc, link: &Link) {
+        if link.prev_sha256 == prev.sha256 {
+            return;
+        }
+        let detail = format!(
+            "its SHA-256 is {}, but the next record ({}, seq {}) recorded prev_sha256 {}",
+            short(&prev.sha256),
+            self.place(loc, prev.loc.file),
+            link.seq,
+            short(&link.prev_sha256)
+        );
+        self.problem(prev.loc, Some(prev.seq), ProblemKind::Edited, detail);
+    }
+
+    /// A seq past the next one: records are missing (or, as a later record may show,
+    /// moved), unless the hash still links, in which case the seq itself was changed.
+    fn skipped_ahead(&mut self, prev: &Prev, loc: Loc, link: &Link) {
+        let expected = prev.seq + 1;
+        if link.prev_sha256 == prev.sha256 {
+            let detail = format!(
+                "follows seq {} and links to it, but its seq skips ahead: its seq was changed",
+                prev.seq
+            );
+            self.problem(loc, Some(link.seq), ProblemKind::Edited, detail);
+            return;
+        }
+        let missing = if expected == link.seq - 1 {
+            format!("seq {expected} is")
+        } else {
+            format!("seq {expected} to {} are", link.seq - 1)
+        };
+        let detail = format!(
+            "{missing} missing before this record (the one before it is seq {} at {})",
+            prev.seq,
+            self.place(prev.loc, loc.file),
+        );
+        if let Some(problem) = self.problem(loc, Some(link.seq), ProblemKind::Removed, detail) {
+            if self.gaps.len() == MAX_OPEN_GAPS {
+                self.gaps.remove(0);
             }
-            self.prev = Some(this);
-        } else if link.seq > expected {
-            if link.prev_sha256 == prev.sha256 {
-                let detail = format!(
-                    "follows seq {} and links to it, but its seq skips ahead: its seq was changed",
-                    prev.seq
-                );
-                self.problem(loc, Some(link.seq), ProblemKind::Edited, detail);
-            } else {
-                let missing = if expected == link.seq - 1 {
-                    format!("seq {expected} is")
-                } else {
-                    format!("seq {expected} to {} are", link.seq - 1)
-                };
-                let detail = format!(
-                    "{missing} missing before this record (the one before it is seq {} at {})",
-                    prev.seq,
-                    self.place(prev.loc, loc.file),
-                );
-                if let Some(problem) =
-                    self.problem(loc, Some(link.seq), ProblemKind::Removed, detail)
-                {
-                    if self.gaps.len() == MAX_OPEN_GAPS {
-                        self.gaps.remove(0);
-                    }
-                    self.gaps.push(Gap {
-                        problem,
-                        lo: expected,
-                        hi: link.seq - 1,
-                        found: 0,
-                    });
-                }
-            }
-            self.prev = Some(this);
-        } else if let Some(i) = self
+            self.gaps.push(Gap {
+                problem,
+                lo: expected,
+                hi: link.seq - 1,
+                found: 0,
+            });
+        }
+    }
+
+    /// A seq at or below the previous one. Returns the record the chain goes on from.
+    fn went_back(&mut self, prev: Prev, this: Prev, link: &Link) -> Prev {
+        let loc = this.loc;
+        let hole = self
             .gaps
             .iter()
-            .position(|g| g.lo <= link.seq && link.seq <= g.hi)
-        {
+            .position(|g| g.lo <= link.seq && link.seq <= g.hi);
+        if let Some(i) = hole {
             // A record from an earlier hole: the hole was a move, not a removal. The
-            // chain resumes after the highest record seen, so `prev` stays.
+            // chain resumes after the highest record seen.
             let gap = &mut self.gaps[i];
             gap.found += 1;
             let problem = &mut self.report.problems[gap.problem];
@@ -398,27 +419,24 @@ impl Walker<'_> {
             if gap.found > gap.hi - gap.lo {
                 self.gaps.remove(i);
             }
-            self.prev = Some(prev);
-        } else if link.seq == 1 && link.prev_sha256 == GENESIS {
+            return prev;
+        }
+        let (kind, detail) = if link.seq == 1 && link.prev_sha256 == GENESIS {
             let detail = format!(
                 "a new trail starts here after seq {}: verify the two trails separately",
                 prev.seq
             );
-            self.problem(loc, Some(link.seq), ProblemKind::BadStart, detail);
-            self.prev = Some(this);
+            (ProblemKind::BadStart, detail)
         } else {
             let detail = format!(
                 "comes after seq {} ({}): repeated or out of order",
                 prev.seq,
                 self.place(prev.loc, loc.file),
             );
-            self.problem(loc, Some(link.seq), ProblemKind::OutOfOrder, detail);
-            self.prev = Some(this);
-        }
-        self.report.last = self.prev.as_ref().map(|p| Head {
-            seq: p.seq,
-            sha256: p.sha256.clone(),
-        });
+            (ProblemKind::OutOfOrder, detail)
+        };
+        self.problem(loc, Some(link.seq), kind, detail);
+        this
     }
 
     fn check_start(&mut self, loc: Loc, link: &Link) {
@@ -575,5 +593,145 @@ impl<R: io::Read> LineReader<R> {
         }
         line.sha256 = format!("{:x}", hasher.finalize());
         Ok(any)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::chain::line_sha256;
+
+    /// `n` chained lines, as the writer would make them, starting after `head`.
+    fn chain(head: &Head, n: u64) -> Vec<String> {
+        let mut prev = head.sha256.clone();
+        (head.seq + 1..=head.seq + n)
+            .map(|seq| {
+                let line = format!(
+                    r#"{{"seq":{seq},"prev_sha256":"{prev}","ts":"t","event":"session.end"}}"#
+                );
+                prev = line_sha256(line.as_bytes());
+                line
+            })
+            .collect()
+    }
+
+    fn run(files: &[Vec<String>], options: VerifyOptions) -> Report {
+        let dir = tempfile::tempdir().unwrap();
+        let paths: Vec<PathBuf> = files
+            .iter()
+            .enumerate()
+            .map(|(i, lines)| {
+                let path = dir.path().join(format!("f{i}"));
+                std::fs::write(
+                    &path,
+                    lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
+                )
+                .unwrap();
+                path
+            })
+            .collect();
+        verify(&paths, options).unwrap()
+    }
+
+    fn kinds(report: &Report) -> Vec<(u64, ProblemKind)> {
+        report.problems.iter().map(|p| (p.line, p.kind)).collect()
+    }
+
+    #[test]
+    fn a_chain_split_over_files_is_intact_and_reports_its_head() {
+        let all = chain(&Head::genesis(), 6);
+        let report = run(
+            &[all[..3].to_vec(), all[3..].to_vec()],
+            VerifyOptions::default(),
+        );
+        assert!(report.is_intact(), "problems: {:?}", report.problems);
+        assert_eq!(report.records, 6, "every line is a record");
+        assert_eq!(report.first_seq, Some(1), "the chain starts at seq 1");
+        assert_eq!(
+            report.last,
+            Some(Head {
+                seq: 6,
+                sha256: line_sha256(all[5].as_bytes())
+            }),
+            "the head is the last line's hash"
+        );
+    }
+
+    #[test]
+    fn the_last_record_of_a_rotated_file_cut_off_is_found_in_the_next_file() {
+        let all = chain(&Head::genesis(), 6);
+        let report = run(
+            &[all[..2].to_vec(), all[3..].to_vec()],
+            VerifyOptions::default(),
+        );
+        assert_eq!(
+            kinds(&report),
+            vec![(1, ProblemKind::Removed)],
+            "{:?}",
+            report.problems
+        );
+        assert!(
+            report.problems[0].detail.contains("seq 3 is missing"),
+            "{}",
+            report.problems[0]
+        );
+    }
+
+    #[test]
+    fn a_repeated_line_is_out_of_order_once() {
+        let mut lines = chain(&Head::genesis(), 5);
+        lines.insert(3, lines[2].clone());
+        let report = run(&[lines], VerifyOptions::default());
+        assert_eq!(
+            kinds(&report),
+            vec![(4, ProblemKind::OutOfOrder)],
+            "{:?}",
+            report.problems
+        );
+    }
+
+    #[test]
+    fn a_second_trail_appended_to_the_first_is_named() {
+        let mut lines = chain(&Head::genesis(), 3);
+        lines.extend(chain(&Head::genesis(), 2));
+        let report = run(&[lines], VerifyOptions::default());
+        assert_eq!(
+            kinds(&report),
+            vec![(4, ProblemKind::BadStart)],
+            "{:?}",
+            report.problems
+        );
+    }
+
+    #[test]
+    fn a_seq_changed_without_the_hash_is_an_edit() {
+        let mut lines = chain(&Head::genesis(), 4);
+        lines[2] = lines[2].replace("\"seq\":3", "\"seq\":9");
+        let report = run(&[lines], VerifyOptions::default());
+        let first = &report.problems[0];
+        assert_eq!(
+            (first.line, first.kind),
+            (3, ProblemKind::Edited),
+            "{first}"
+        );
+        assert!(first.detail.contains("its seq was changed"), "{first}");
+    }
+
+    #[test]
+    fn a_partial_chain_passes_only_with_partial() {
+        let lines = chain(&Head::genesis(), 5)[2..].to_vec();
+        let strict = run(std::slice::from_ref(&lines), VerifyOptions::default());
+        assert_eq!(
+            kinds(&strict),
+            vec![(1, ProblemKind::BadStart)],
+            "without --partial a chain must start at seq 1"
+        );
+        let partial = run(&[lines], VerifyOptions { partial: true });
+        assert!(partial.is_intact(), "{:?}", partial.problems);
+        assert!(
+            partial.notes[0].contains("begins at seq 3"),
+            "{:?}",
+            partial.notes
+        );
     }
 }

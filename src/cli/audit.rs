@@ -508,10 +508,18 @@ mod tests {
 
     #[test]
     fn durations_read_like_a_person_would_write_them() {
-        assert_eq!(format_ms(850), "850ms");
-        assert_eq!(format_ms(12_345), "12.3s");
-        assert_eq!(format_ms(245_000), "4m05s");
-        assert_eq!(format_ms(7_380_000), "2h03m");
+        assert_eq!(format_ms(850), "850ms", "under a second: milliseconds");
+        assert_eq!(
+            format_ms(12_345),
+            "12.3s",
+            "under a minute: tenths of seconds"
+        );
+        assert_eq!(
+            format_ms(245_000),
+            "4m05s",
+            "under an hour: minutes and seconds"
+        );
+        assert_eq!(format_ms(7_380_000), "2h03m", "hours and minutes");
     }
 
     #[test]

@@ -576,9 +576,17 @@ allow_groups = ["dba"]
             "audit_fsync = \"always\"\non_audit_failure = \"continue\"\naudit_max_bytes = 1048576",
         ))
         .expect("valid audit settings must load");
-        assert_eq!(config.audit.fsync, FsyncPolicy::Always);
-        assert_eq!(config.audit.on_failure, FailurePolicy::Continue);
-        assert_eq!(config.audit.max_bytes, Some(1_048_576));
+        assert_eq!(config.audit.fsync, FsyncPolicy::Always, "audit_fsync read");
+        assert_eq!(
+            config.audit.on_failure,
+            FailurePolicy::Continue,
+            "on_audit_failure read"
+        );
+        assert_eq!(
+            config.audit.max_bytes,
+            Some(1_048_576),
+            "audit_max_bytes read"
+        );
 
         let cases = [
             (
