@@ -94,6 +94,9 @@ pub fn server_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![ALPN_PGTUNNEL.to_vec()];
+    // The record layer after the handshake is ours (or the kernel's): rustls must hand
+    // over the traffic secrets.
+    config.enable_secret_extraction = true;
     // libpq never resumes, and the agent does not yet either: tickets would be wasted
     // work on every handshake (docs/limitations.md).
     config.send_tls13_tickets = 0;
@@ -129,6 +132,7 @@ pub fn client_config(
         .with_client_auth_cert(chain, private_key)
         .map_err(|err| cert_key_error(cert, key, err))?;
     config.alpn_protocols = vec![ALPN_PGTUNNEL.to_vec()];
+    config.enable_secret_extraction = true;
     Ok(config)
 }
 
