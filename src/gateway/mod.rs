@@ -23,7 +23,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
 use crate::audit::{AuditError, AuditWriter};
@@ -164,13 +164,14 @@ fn ticketer(
 enum Control {
     Stop,
     Reload,
+    RotateAudit,
 }
 
 /// Runs the gateway until SIGTERM or SIGINT, then drains and returns.
 pub fn run(shared: Shared) -> Result<(), GatewayError> {
     let config = shared.config.clone();
     let cell: SharedCell = Arc::new(ArcSwap::from_pointee(shared));
-    let (audit_writer, audit_sink) = AuditWriter::start(&config.audit_log)?;
+    let (audit_writer, audit_sink) = AuditWriter::start(&config.audit_log, config.audit.clone())?;
     let listeners = listener::bind(config.listen, config.workers)?;
     let local = listeners
         .first()
@@ -179,18 +180,18 @@ pub fn run(shared: Shared) -> Result<(), GatewayError> {
     let local = local.map(|a| a.to_string()).unwrap_or_default();
 
     // Signals are registered before the workers start, so an early one is not lost.
-    let mut signals =
-        Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|err| GatewayError::Os("signals", err))?;
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
+        .map_err(|err| GatewayError::Os("signals", err))?;
     let signals_handle = signals.handle();
     let (control_tx, control_rx) = mpsc::channel();
     std::thread::Builder::new()
         .name("pgtunnel-signals".into())
         .spawn(move || {
             for signal in signals.forever() {
-                let event = if signal == SIGHUP {
-                    Control::Reload
-                } else {
-                    Control::Stop
+                let event = match signal {
+                    SIGHUP => Control::Reload,
+                    SIGUSR1 => Control::RotateAudit,
+                    _ => Control::Stop,
                 };
                 if control_tx.send(event).is_err() {
                     break;
@@ -200,7 +201,8 @@ pub fn run(shared: Shared) -> Result<(), GatewayError> {
         .map_err(|err| GatewayError::Os("spawning signal thread", err))?;
 
     let workers = start_workers(&cell, &audit_sink, listeners)?;
-    drop(audit_sink.clone());
+    // Only the workers hold sinks: the writer's close waits for every sink to go.
+    drop(audit_sink);
     let wakes: Vec<OwnedFd> = workers
         .iter()
         .filter_map(|(_, w)| w.try_clone().ok())
@@ -214,12 +216,16 @@ pub fn run(shared: Shared) -> Result<(), GatewayError> {
     );
 
     // Control loop: reloads, CRL changes, and the first stop signal.
-    let mut reloader = reload::Reloader::new(cell.clone(), audit_sink);
+    let mut reloader = reload::Reloader::new(cell.clone());
     loop {
         match control_rx.recv_timeout(CRL_POLL) {
-            Ok(Control::Reload) => reloader.reload_all(),
+            Ok(Control::Reload) => reloader.reload_all(&audit_writer),
+            Ok(Control::RotateAudit) => {
+                tracing::info!("SIGUSR1: rotating the audit log");
+                audit_writer.rotate();
+            }
             Ok(Control::Stop) => break,
-            Err(RecvTimeoutError::Timeout) => reloader.poll_crl(),
+            Err(RecvTimeoutError::Timeout) => reloader.poll_crl(&audit_writer),
             Err(RecvTimeoutError::Disconnected) => break,
         }
     }
