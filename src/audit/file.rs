@@ -257,7 +257,9 @@ fn check_crash_like(path: &Path, offset: u64, span: &[u8]) -> Result<(), AuditEr
         return Err(AuditError::Damaged {
             path: path.to_path_buf(),
             problem: format!(
-                "from offset {offset} on it holds {newlines} line(s) that are not chained                  audit records, which no crash leaves: it was written by an older pgtunnel                  or edited; move it aside and check it with `pgtunnel audit verify`"
+                "from offset {offset} on it holds {newlines} line(s) that are not chained \
+                 audit records, which no crash leaves: it was written by an older pgtunnel \
+                 or edited; move it aside and check it with `pgtunnel audit verify`"
             ),
         });
     }
