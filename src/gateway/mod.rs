@@ -170,6 +170,15 @@ enum Control {
 /// Runs the gateway until SIGTERM or SIGINT, then drains and returns.
 pub fn run(shared: Shared) -> Result<(), GatewayError> {
     let config = shared.config.clone();
+    match sys::fd::raise_nofile_limit() {
+        Ok(limit) if (limit as usize) < config.max_sessions * 2 + 64 => tracing::warn!(
+            nofile = limit,
+            max_sessions = config.max_sessions,
+            "open-file limit is below two descriptors per allowed session"
+        ),
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err, "cannot raise the open-file limit"),
+    }
     let cell: SharedCell = Arc::new(ArcSwap::from_pointee(shared));
     let (audit_writer, audit_sink) = AuditWriter::start(&config.audit_log, config.audit.clone())?;
     let listeners = listener::bind(config.listen, config.workers)?;
