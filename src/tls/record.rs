@@ -363,3 +363,189 @@ where
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
+    use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+
+    use super::*;
+    use crate::pki::{Ca, Validity};
+    use crate::tls::handshake::in_memory;
+
+    type Pair = (
+        RecordLayer<ClientConnectionData>,
+        RecordLayer<ServerConnectionData>,
+        Vec<u8>,
+    );
+
+    /// A client and a server record layer after a real in-memory mTLS handshake.
+    fn pair(suite: Option<rustls::SupportedCipherSuite>, tickets: bool) -> Pair {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::init(dir.path()).unwrap();
+        let day = Validity::starting_now(Duration::from_secs(3600));
+        let server = ca.issue_server(&["localhost".into()], &[], day).unwrap();
+        let login = ca
+            .issue_login(
+                "alice",
+                &[],
+                Validity::starting_now(Duration::from_secs(3600)),
+            )
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.cert_der().clone()).unwrap();
+        let ticketer: Option<Arc<dyn rustls::server::ProducesTickets>> = tickets.then(|| {
+            Arc::new(
+                crate::tls::tickets::RotatingTicketer::random(Duration::from_secs(3600)).unwrap(),
+            ) as _
+        });
+        let server_config = crate::tls::server_config(
+            vec![server.cert_der().clone()],
+            server.private_key_der(),
+            roots.clone(),
+            Vec::new(),
+            ticketer,
+        )
+        .unwrap();
+        let mut provider = (*crate::tls::provider()).clone();
+        if let Some(suite) = suite {
+            provider.cipher_suites = vec![suite];
+        }
+        let mut client_config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(vec![login.cert_der().clone()], login.private_key_der())
+            .unwrap();
+        client_config.enable_secret_extraction = true;
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let client = UnbufferedClientConnection::new(Arc::new(client_config), name).unwrap();
+        let server = UnbufferedServerConnection::new(Arc::new(server_config)).unwrap();
+        let done = in_memory(client, server).unwrap();
+        let client = RecordLayer::new(done.client.0, done.client.1).unwrap();
+        let server = RecordLayer::new(done.server.0, done.server.1).unwrap();
+        (client, server, done.to_client)
+    }
+
+    /// Seals `data` as one record.
+    fn sealed<D>(layer: &mut RecordLayer<D>, data: &[u8]) -> Vec<u8>
+    where
+        KernelConnection<D>: TicketSink,
+    {
+        let mut record = vec![0u8; data.len() + RECORD_OVERHEAD];
+        record[HEADER_LEN..HEADER_LEN + data.len()].copy_from_slice(data);
+        let len = layer.seal_data(&mut record, data.len());
+        record.truncate(len);
+        record
+    }
+
+    #[test]
+    fn records_sealed_by_one_side_open_in_place_on_the_other_for_every_suite() {
+        let provider = crate::tls::provider();
+        let suites: Vec<_> = provider
+            .cipher_suites
+            .iter()
+            .filter(|s| s.tls13().is_some())
+            .copied()
+            .collect();
+        assert_eq!(suites.len(), 3, "expected the three TLS 1.3 suites");
+        for suite in suites {
+            let (mut client, mut server, _) = pair(Some(suite), false);
+            for size in [1, 64, 1000, MAX_PLAINTEXT] {
+                let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+                let mut record = sealed(&mut client, &data);
+                let opened = server.open(&mut record).unwrap();
+                let Opened::Data(range) = opened else {
+                    panic!("{suite:?}: expected data")
+                };
+                assert_eq!(
+                    &record[range],
+                    &data[..],
+                    "{suite:?} size {size}: plaintext differs"
+                );
+            }
+            let mut reply = sealed(&mut server, b"pong");
+            assert_eq!(
+                client.open(&mut reply).unwrap(),
+                Opened::Data(HEADER_LEN..HEADER_LEN + 4)
+            );
+        }
+    }
+
+    #[test]
+    fn a_tampered_or_replayed_record_is_bad_record_mac() {
+        let (mut client, mut server, _) = pair(None, false);
+        let record = sealed(&mut client, b"select 1");
+        let mut bent = record.clone();
+        bent[HEADER_LEN + 2] ^= 1;
+        assert!(matches!(
+            server.open(&mut bent),
+            Err(RecordError::BadRecordMac)
+        ));
+        let (mut client, mut server, _) = pair(None, false);
+        let record = sealed(&mut client, b"select 1");
+        server.open(&mut record.clone()).unwrap();
+        assert!(
+            matches!(
+                server.open(&mut record.clone()),
+                Err(RecordError::BadRecordMac)
+            ),
+            "replay must fail"
+        );
+    }
+
+    #[test]
+    fn key_update_rekeys_both_ways_and_data_keeps_flowing() {
+        let (mut client, mut server, _) = pair(None, false);
+        client.send_key_update(true).unwrap();
+        let mut update = client.take_control().expect("a KeyUpdate record");
+        assert_eq!(server.open(&mut update).unwrap(), Opened::Handled);
+        // The server answers (it was asked to), then both use new keys.
+        let mut answer = server.take_control().expect("the answering KeyUpdate");
+        assert_eq!(client.open(&mut answer).unwrap(), Opened::Handled);
+        let mut up = sealed(&mut client, b"after the update");
+        assert!(matches!(server.open(&mut up).unwrap(), Opened::Data(_)));
+        let mut down = sealed(&mut server, b"back");
+        assert!(matches!(client.open(&mut down).unwrap(), Opened::Data(_)));
+    }
+
+    #[test]
+    fn close_notify_and_alerts_are_recognised() {
+        let (mut client, mut server, _) = pair(None, false);
+        let mut buf = [0u8; 32];
+        let len = client.seal_alert(&mut buf, ALERT_CLOSE_NOTIFY);
+        assert_eq!(server.open(&mut buf[..len]).unwrap(), Opened::CloseNotify);
+        let len = server.seal_alert(&mut buf, 44);
+        assert!(matches!(
+            client.open(&mut buf[..len]),
+            Err(RecordError::PeerAlert(44))
+        ));
+    }
+
+    #[test]
+    fn the_client_stores_the_servers_session_ticket() {
+        let (mut client, _server, mut to_client) = pair(None, true);
+        assert!(
+            !to_client.is_empty(),
+            "the server should have sent a NewSessionTicket"
+        );
+        let len = HEADER_LEN + usize::from(u16::from_be_bytes([to_client[3], to_client[4]]));
+        assert_eq!(client.open(&mut to_client[..len]).unwrap(), Opened::Handled);
+    }
+
+    #[test]
+    fn garbage_records_are_errors_not_panics() {
+        let (_, mut server, _) = pair(None, false);
+        for mut junk in [
+            vec![],
+            vec![23, 3, 3],
+            vec![23, 3, 3, 0, 5, 1, 2, 3, 4, 5],
+            vec![21, 3, 3, 0, 2, 2, 40],
+        ] {
+            assert!(server.open(&mut junk).is_err(), "{junk:?} must be refused");
+        }
+    }
+}
