@@ -299,6 +299,81 @@ async fn send_alert<C: Unbuffered>(
     }
 }
 
+/// Both ends of a handshake done in memory, handed off.
+pub struct InMemoryPair {
+    pub client: (ExtractedSecrets, KernelConnection<ClientConnectionData>),
+    pub server: (ExtractedSecrets, KernelConnection<ServerConnectionData>),
+    /// Records the server sent after the handshake (session tickets), for the client's
+    /// record layer to open.
+    pub to_client: Vec<u8>,
+}
+
+/// Runs a whole handshake between two unbuffered connections in memory and hands both
+/// off, for benchmarks and tests of the record layer (no sockets, no ring). Each side's
+/// output is fed to the other as the network would.
+pub fn in_memory(
+    mut client: UnbufferedClientConnection,
+    mut server: UnbufferedServerConnection,
+) -> Result<InMemoryPair, HandshakeError> {
+    let mut to_server = Vec::new();
+    let mut to_client = Vec::new();
+    let (mut client_done, mut server_done) = (false, false);
+    // A TLS 1.3 handshake is three flights; the bound only stops a bug from spinning.
+    for _ in 0..64 {
+        if !client_done {
+            client_done = step(&mut client, &mut to_client, &mut to_server)?;
+        }
+        if !server_done {
+            server_done = step(&mut server, &mut to_server, &mut to_client)?;
+        }
+        if client_done && server_done && to_server.is_empty() {
+            return Ok(InMemoryPair {
+                client: client.into_kernel()?,
+                server: server.into_kernel()?,
+                to_client,
+            });
+        }
+    }
+    Err(HandshakeError::Protocol(
+        "in-memory handshake did not converge",
+    ))
+}
+
+/// One round of one side: consume `incoming`, append output to `outgoing`. Returns true
+/// once the side reached WriteTraffic.
+fn step<C: Unbuffered>(
+    conn: &mut C,
+    incoming: &mut Vec<u8>,
+    outgoing: &mut Vec<u8>,
+) -> Result<bool, HandshakeError> {
+    loop {
+        let status = conn.process(incoming);
+        let discard = status.discard;
+        let state = status.state?;
+        let outcome = match state {
+            ConnectionState::EncodeTlsData(mut data) => {
+                encode(outgoing, |buf| data.encode(buf))?;
+                None
+            }
+            ConnectionState::TransmitTlsData(data) => {
+                data.done();
+                None
+            }
+            ConnectionState::BlockedHandshake => Some(false),
+            ConnectionState::WriteTraffic(_) => Some(true),
+            _ => {
+                return Err(HandshakeError::Protocol(
+                    "unexpected state in the handshake",
+                ));
+            }
+        };
+        incoming.drain(..discard);
+        if let Some(done) = outcome {
+            return Ok(done);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -532,80 +607,5 @@ mod tests {
             handshake_refuses(&config, &garbage),
             "random bytes: no clean error"
         );
-    }
-}
-
-/// Both ends of a handshake done in memory, handed off.
-pub struct InMemoryPair {
-    pub client: (ExtractedSecrets, KernelConnection<ClientConnectionData>),
-    pub server: (ExtractedSecrets, KernelConnection<ServerConnectionData>),
-    /// Records the server sent after the handshake (session tickets), for the client's
-    /// record layer to open.
-    pub to_client: Vec<u8>,
-}
-
-/// Runs a whole handshake between two unbuffered connections in memory and hands both
-/// off, for benchmarks and tests of the record layer (no sockets, no ring). Each side's
-/// output is fed to the other as the network would.
-pub fn in_memory(
-    mut client: UnbufferedClientConnection,
-    mut server: UnbufferedServerConnection,
-) -> Result<InMemoryPair, HandshakeError> {
-    let mut to_server = Vec::new();
-    let mut to_client = Vec::new();
-    let (mut client_done, mut server_done) = (false, false);
-    // A TLS 1.3 handshake is three flights; the bound only stops a bug from spinning.
-    for _ in 0..64 {
-        if !client_done {
-            client_done = step(&mut client, &mut to_client, &mut to_server)?;
-        }
-        if !server_done {
-            server_done = step(&mut server, &mut to_server, &mut to_client)?;
-        }
-        if client_done && server_done && to_server.is_empty() {
-            return Ok(InMemoryPair {
-                client: client.into_kernel()?,
-                server: server.into_kernel()?,
-                to_client,
-            });
-        }
-    }
-    Err(HandshakeError::Protocol(
-        "in-memory handshake did not converge",
-    ))
-}
-
-/// One round of one side: consume `incoming`, append output to `outgoing`. Returns true
-/// once the side reached WriteTraffic.
-fn step<C: Unbuffered>(
-    conn: &mut C,
-    incoming: &mut Vec<u8>,
-    outgoing: &mut Vec<u8>,
-) -> Result<bool, HandshakeError> {
-    loop {
-        let status = conn.process(incoming);
-        let discard = status.discard;
-        let state = status.state?;
-        let outcome = match state {
-            ConnectionState::EncodeTlsData(mut data) => {
-                encode(outgoing, |buf| data.encode(buf))?;
-                None
-            }
-            ConnectionState::TransmitTlsData(data) => {
-                data.done();
-                None
-            }
-            ConnectionState::BlockedHandshake => Some(false),
-            ConnectionState::WriteTraffic(_) => Some(true),
-            _ => {
-                return Err(HandshakeError::Protocol(
-                    "unexpected state in the handshake",
-                ));
-            }
-        };
-        incoming.drain(..discard);
-        if let Some(done) = outcome {
-            return Ok(done);
-        }
     }
 }
