@@ -306,6 +306,8 @@ pub struct InMemoryPair {
     /// Records the server sent after the handshake (session tickets), for the client's
     /// record layer to open.
     pub to_client: Vec<u8>,
+    /// Whether the server resumed a session.
+    pub resumed: bool,
 }
 
 /// Runs a whole handshake between two unbuffered connections in memory and hands both
@@ -327,7 +329,9 @@ pub fn in_memory(
             server_done = step(&mut server, &mut to_server, &mut to_client)?;
         }
         if client_done && server_done && to_server.is_empty() {
+            let resumed = server.common().handshake_kind() == Some(HandshakeKind::Resumed);
             return Ok(InMemoryPair {
+                resumed,
                 client: client.into_kernel()?,
                 server: server.into_kernel()?,
                 to_client,
