@@ -167,7 +167,7 @@ pub async fn handshake<C: Unbuffered>(
             }
             Step::Done => break,
             Step::Fail(err) => {
-                send_alert(&sock, &mut conn, &mut outgoing).await;
+                send_alert(&sock, &mut conn, &mut incoming, &mut outgoing).await;
                 return Err(err);
             }
         }
@@ -274,11 +274,22 @@ async fn read_exact(sock: &Socket, buf: &mut Vec<u8>, n: usize) -> Result<(), Ha
 }
 
 /// After a failure: let rustls encode the alert it queued and send it, briefly.
-async fn send_alert<C: Unbuffered>(sock: &Socket, conn: &mut C, outgoing: &mut Vec<u8>) {
+///
+/// `incoming` must be the buffer the failed step saw (less what it discarded): rustls
+/// may still hold the positions of later handshake messages of the same record (a
+/// client certificate refused, with CertificateVerify and Finished coalesced after it)
+/// and looks them up in the buffer it is given; an empty one makes rustls panic.
+async fn send_alert<C: Unbuffered>(
+    sock: &Socket,
+    conn: &mut C,
+    incoming: &mut Vec<u8>,
+    outgoing: &mut Vec<u8>,
+) {
     outgoing.clear();
     // Two steps at most: encode the alert, then transmit it.
     for _ in 0..2 {
-        let status = conn.process(&mut []);
+        let status = conn.process(incoming);
+        let discard = status.discard;
         let queued = match status.state {
             Ok(ConnectionState::EncodeTlsData(mut data)) => {
                 encode(outgoing, |buf| data.encode(buf)).is_ok()
@@ -289,6 +300,7 @@ async fn send_alert<C: Unbuffered>(sock: &Socket, conn: &mut C, outgoing: &mut V
             }
             _ => false,
         };
+        incoming.drain(..discard);
         if !queued {
             break;
         }
