@@ -466,7 +466,8 @@ impl Gateway {
     }
 
     /// SIGTERM, then waits for the drain; returns the exit status and the final audit
-    /// log (the gateway writes every record before it exits).
+    /// log (the gateway writes every record before it exits). A panic anywhere in the
+    /// gateway (a worker thread's is otherwise only a log line) fails the test.
     pub fn stop(mut self) -> (ExitStatus, Vec<Value>) {
         let mut child = self.child.take().expect("gateway child present until stop");
         signal(&child, "TERM");
@@ -478,6 +479,11 @@ impl Gateway {
                 self.stderr()
             )
         });
+        let log = self.stderr();
+        assert!(
+            !log.contains("panicked"),
+            "the gateway panicked (peer input must never make it panic):\n{log}"
+        );
         (status, self.audit())
     }
 }
