@@ -86,6 +86,10 @@ impl Agent {
 
     /// Serves connections on the calling thread until the process ends.
     pub fn run(self) -> Result<(), AgentError> {
+        // Two descriptors per tunnel; the default soft limit of 1024 is easily reached.
+        if let Err(err) = crate::sys::fd::raise_nofile_limit() {
+            tracing::warn!(error = %err, "cannot raise the open-file limit");
+        }
         let runtime = Runtime::new().map_err(AgentError::Uring)?;
         let shared = Rc::new(self);
         let result = runtime.block_on(accept_loop(shared));

@@ -1,6 +1,11 @@
 //! The audit record schema. Field names and values are a public interface (auditors
 //! write queries against them): add fields, never rename them. docs/audit.md documents
 //! each one.
+//!
+//! Workers build records; the chain fields (`seq`, `prev_sha256`) are not here because
+//! only the writer thread knows them (see `chain` and `writer`). Records about the
+//! gateway or the trail itself (reload, rotation, recovery, loss) have no session and
+//! so no `session_id` or `peer`.
 
 use std::net::SocketAddr;
 
@@ -21,6 +26,57 @@ pub enum Event {
     /// A connection was refused; `reason` says why.
     #[serde(rename = "session.denied")]
     SessionDenied,
+    /// The gateway re-read its configuration (SIGHUP); `outcome` says whether the new
+    /// one is in force.
+    #[serde(rename = "gateway.reload")]
+    GatewayReload,
+    /// Written by the audit writer at start when the file ended in bytes that are not a
+    /// whole record (the previous writer was killed mid-write); `torn_*` name them.
+    #[serde(rename = "audit.recovered")]
+    AuditRecovered,
+    /// The first record of a new file after rotation; `previous_file` names the old one.
+    #[serde(rename = "audit.rotated")]
+    AuditRotated,
+    /// Records that could not be queued or written were dropped; `lost_records` counts
+    /// them since the last such record.
+    #[serde(rename = "audit.lost")]
+    AuditLost,
+}
+
+impl Event {
+    /// Every event, in the order docs/audit.md lists them.
+    pub const ALL: [Event; 7] = [
+        Event::SessionStart,
+        Event::SessionEnd,
+        Event::SessionDenied,
+        Event::GatewayReload,
+        Event::AuditRecovered,
+        Event::AuditRotated,
+        Event::AuditLost,
+    ];
+
+    /// The name written to the `event` field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::SessionStart => "session.start",
+            Event::SessionEnd => "session.end",
+            Event::SessionDenied => "session.denied",
+            Event::GatewayReload => "gateway.reload",
+            Event::AuditRecovered => "audit.recovered",
+            Event::AuditRotated => "audit.rotated",
+            Event::AuditLost => "audit.lost",
+        }
+    }
+}
+
+/// The outcome of a `gateway.reload`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReloadOutcome {
+    /// The new configuration loaded and is in force.
+    Ok,
+    /// The new configuration failed to load; the old one keeps serving.
+    Refused,
 }
 
 /// Why a connection was refused. Stable codes, one per cause an operator acts on.
@@ -53,6 +109,10 @@ pub enum DenyReason {
     LifetimeExceedsMax,
     /// The certificate is on the CA's revocation list.
     Revoked,
+    /// The audit log cannot be written and `on_audit_failure` is `refuse`: a session
+    /// that could not be recorded does not run. This denial itself is recorded only if
+    /// the writer recovers before its queue fills.
+    AuditUnavailable,
 }
 
 /// Why an authorized session ended.
@@ -83,8 +143,11 @@ pub struct AuditRecord {
     #[serde(serialize_with = "rfc3339_micros")]
     pub ts: OffsetDateTime,
     pub event: Event,
-    pub session_id: String,
-    pub peer: SocketAddr,
+    /// Present on every `session.*` record; absent on gateway and trail records.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -113,6 +176,25 @@ pub struct AuditRecord {
     pub duration_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub close_reason: Option<CloseReason>,
+    /// `gateway.reload` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<ReloadOutcome>,
+    /// `audit.recovered` only: byte offset in the file where the torn bytes begin.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub torn_offset: Option<u64>,
+    /// `audit.recovered` only: how many torn bytes (not counting the newline the writer
+    /// added after them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub torn_bytes: Option<u64>,
+    /// `audit.recovered` only: SHA-256 of the torn bytes, lower-case hex.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub torn_sha256: Option<String>,
+    /// `audit.rotated` only: the file name the previous file was renamed to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_file: Option<String>,
+    /// `audit.lost` only: records dropped since the previous `audit.lost`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost_records: Option<u64>,
 }
 
 impl AuditRecord {
@@ -120,10 +202,29 @@ impl AuditRecord {
     /// builder methods.
     pub fn new(event: Event, session_id: &str, peer: SocketAddr) -> AuditRecord {
         AuditRecord {
+            session_id: Some(session_id.to_string()),
+            peer: Some(peer),
+            ..AuditRecord::unattached(event)
+        }
+    }
+
+    /// A `gateway.reload` record, stamped now. `detail` says what changed or why the
+    /// new configuration was refused.
+    pub fn reload(outcome: ReloadOutcome, detail: impl Into<String>) -> AuditRecord {
+        AuditRecord {
+            outcome: Some(outcome),
+            detail: Some(detail.into()),
+            ..AuditRecord::unattached(Event::GatewayReload)
+        }
+    }
+
+    /// A record that belongs to no session (gateway and trail events), stamped now.
+    pub(crate) fn unattached(event: Event) -> AuditRecord {
+        AuditRecord {
             ts: OffsetDateTime::now_utc(),
             event,
-            session_id: session_id.to_string(),
-            peer,
+            session_id: None,
+            peer: None,
             service: None,
             user: None,
             groups: None,
@@ -136,6 +237,12 @@ impl AuditRecord {
             bytes_to_client: None,
             duration_ms: None,
             close_reason: None,
+            outcome: None,
+            torn_offset: None,
+            torn_bytes: None,
+            torn_sha256: None,
+            previous_file: None,
+            lost_records: None,
         }
     }
 
@@ -202,5 +309,29 @@ mod tests {
             json,
             r#"{"ts":"2026-12-03T19:25:26.123456Z","event":"session.denied","session_id":"s1","peer":"127.0.0.1:5000","reason":"no_client_cert"}"#
         );
+    }
+
+    #[test]
+    fn reload_record_has_outcome_and_no_session_fields() {
+        let mut rec = AuditRecord::reload(ReloadOutcome::Refused, "gateway.toml: line 3: bad");
+        rec.ts = time::macros::datetime!(2026-12-03 19:25:26.5 UTC);
+        let json = serde_json::to_string(&rec).unwrap();
+        assert_eq!(
+            json,
+            r#"{"ts":"2026-12-03T19:25:26.500000Z","event":"gateway.reload","detail":"gateway.toml: line 3: bad","outcome":"refused"}"#,
+            "a reload record must carry no session_id or peer"
+        );
+    }
+
+    #[test]
+    fn event_names_match_their_serialised_form() {
+        for event in Event::ALL {
+            let json = serde_json::to_string(&event).unwrap();
+            assert_eq!(
+                json,
+                format!("\"{}\"", event.as_str()),
+                "as_str disagrees with serde"
+            );
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! lower-case context; a `UsageError` anywhere in the chain means exit code 64
 //! (EX_USAGE), anything else exit code 1.
 
+pub mod audit;
 pub mod ca;
 pub mod connect;
 pub mod demo;
@@ -51,6 +52,8 @@ pub enum Command {
     Gateway(gateway::GatewayArgs),
     /// Run the local agent that wraps psql connections in the mTLS tunnel.
     Connect(connect::ConnectArgs),
+    /// Read the audit trail: verify its hash chain, show its records.
+    Audit(audit::AuditArgs),
     /// Show the whole flow on a throwaway PostgreSQL cluster.
     Demo(demo::DemoArgs),
 }
@@ -74,6 +77,7 @@ pub fn main() -> ExitCode {
         Command::PgConfig(args) => pg_config::run(args),
         Command::Gateway(args) => gateway::run(args),
         Command::Connect(args) => connect::run(args),
+        Command::Audit(args) => audit::run(args),
         Command::Demo(args) => demo::run(args),
     };
     match result {

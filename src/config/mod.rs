@@ -20,6 +20,8 @@ use std::time::Duration;
 
 pub use raw::RawConfig;
 
+use crate::audit::{AuditOptions, FailurePolicy, FsyncPolicy};
+
 /// A configuration problem, always naming the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -60,6 +62,10 @@ pub struct GatewayConfig {
     pub key: PathBuf,
     pub client_ca: PathBuf,
     pub audit_log: PathBuf,
+    /// How the audit writer syncs (`audit_fsync`, `audit_fsync_interval`), what the
+    /// gateway does when the log cannot be written (`on_audit_failure`), and when the
+    /// file rotates (`audit_max_bytes`).
+    pub audit: AuditOptions,
     /// Worker threads, one per CPU by default; each pinned, with its own ring and listener.
     pub workers: usize,
     /// Cap on concurrent sessions for the whole gateway (split evenly across workers).
@@ -76,6 +82,12 @@ pub struct GatewayConfig {
     /// Close live sessions when their login certificate expires (plus the grace period).
     pub close_on_cert_expiry: bool,
     pub cert_expiry_grace: Duration,
+    /// Issue TLS 1.3 session tickets so that agents can resume.
+    pub session_tickets: bool,
+    /// Shared master secret for ticket keys (several gateways, restarts); None = random.
+    pub ticket_key_file: Option<PathBuf>,
+    /// How often the ticket key changes; a ticket lives at most twice this.
+    pub ticket_rotation: Duration,
     pub services: Vec<Service>,
 }
 
@@ -126,6 +138,21 @@ impl GatewayConfig {
         Validator { file, base }.validate(raw, path)
     }
 
+    /// Only `gateway.audit_log` of the file at `path`, resolved as [`GatewayConfig::load`]
+    /// resolves it, without checking the rest (or resolving its host names): what
+    /// `pgtunnel audit` needs on a machine that may not reach the databases.
+    pub fn audit_log_of(path: &Path) -> Result<PathBuf, ConfigError> {
+        let file = display_name(path);
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        let raw: RawConfig =
+            toml::from_str(&text).map_err(|err| syntax_error(&file, &text, &err))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok(Validator { file, base }.path(&raw.gateway.audit_log))
+    }
+
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)
     }
@@ -160,6 +187,9 @@ pub fn default_workers() -> usize {
         .map(|n| n.get())
         .unwrap_or(1)
 }
+
+/// The smallest `audit_max_bytes`: below it nearly every batch would rotate.
+const MIN_AUDIT_MAX_BYTES: u64 = 4096;
 
 struct Validator {
     file: String,
@@ -211,6 +241,12 @@ impl Validator {
             key: self.path(&g.key),
             client_ca: self.path(&g.client_ca),
             audit_log: self.path(&g.audit_log),
+            audit: self.audit(
+                g.audit_fsync,
+                g.audit_fsync_interval,
+                g.on_audit_failure,
+                g.audit_max_bytes,
+            )?,
             workers,
             max_sessions,
             max_handshakes,
@@ -235,7 +271,69 @@ impl Validator {
                 }
                 other => self.duration("gateway.cert_expiry_grace", other, 0)?,
             },
+            session_tickets: g.session_tickets.unwrap_or(true),
+            ticket_key_file: g.ticket_key_file.as_deref().map(|p| self.path(p)),
+            ticket_rotation: self.duration("gateway.ticket_rotation", g.ticket_rotation, 3600)?,
             services,
+        })
+    }
+
+    fn audit(
+        &self,
+        fsync: Option<String>,
+        interval: Option<String>,
+        on_failure: Option<String>,
+        max_bytes: Option<u64>,
+    ) -> Result<AuditOptions, ConfigError> {
+        let fsync = match fsync.as_deref().unwrap_or("interval") {
+            "interval" => {
+                FsyncPolicy::Interval(self.duration("gateway.audit_fsync_interval", interval, 1)?)
+            }
+            other => {
+                if let Some(value) = interval {
+                    return Err(self.invalid(
+                        "gateway.audit_fsync_interval",
+                        value,
+                        "only used with audit_fsync = \"interval\"",
+                    ));
+                }
+                match other {
+                    "always" => FsyncPolicy::Always,
+                    "never" => FsyncPolicy::Never,
+                    _ => {
+                        return Err(self.invalid(
+                            "gateway.audit_fsync",
+                            other,
+                            "expected \"always\", \"interval\" or \"never\"",
+                        ));
+                    }
+                }
+            }
+        };
+        let on_failure = match on_failure.as_deref().unwrap_or("refuse") {
+            "refuse" => FailurePolicy::Refuse,
+            "continue" => FailurePolicy::Continue,
+            other => {
+                return Err(self.invalid(
+                    "gateway.on_audit_failure",
+                    other,
+                    "expected \"refuse\" or \"continue\"",
+                ));
+            }
+        };
+        if let Some(n) = max_bytes
+            && n < MIN_AUDIT_MAX_BYTES
+        {
+            return Err(self.invalid(
+                "gateway.audit_max_bytes",
+                n,
+                &format!("must be at least {MIN_AUDIT_MAX_BYTES} (a few records)"),
+            ));
+        }
+        Ok(AuditOptions {
+            fsync,
+            on_failure,
+            max_bytes,
         })
     }
 
@@ -459,6 +557,72 @@ allow_groups = ["dba"]
             err.contains("service[1].name: \"main\": defined twice"),
             "got: {err}"
         );
+    }
+
+    #[test]
+    fn audit_settings_default_to_interval_sync_and_refusing_sessions() {
+        let config = parse(MINIMAL).expect("the minimal config must load");
+        assert_eq!(
+            config.audit,
+            AuditOptions {
+                fsync: FsyncPolicy::Interval(Duration::from_secs(1)),
+                on_failure: FailurePolicy::Refuse,
+                max_bytes: None,
+            },
+            "the defaults must be fsync every second, fail closed, no size rotation"
+        );
+    }
+
+    #[test]
+    fn audit_settings_are_read_and_bad_values_named() {
+        let with = |extra: &str| {
+            MINIMAL.replace(
+                "audit_log = \"audit.jsonl\"",
+                &format!("audit_log = \"audit.jsonl\"\n{extra}"),
+            )
+        };
+        let config = parse(&with(
+            "audit_fsync = \"always\"\non_audit_failure = \"continue\"\naudit_max_bytes = 1048576",
+        ))
+        .expect("valid audit settings must load");
+        assert_eq!(config.audit.fsync, FsyncPolicy::Always, "audit_fsync read");
+        assert_eq!(
+            config.audit.on_failure,
+            FailurePolicy::Continue,
+            "on_audit_failure read"
+        );
+        assert_eq!(
+            config.audit.max_bytes,
+            Some(1_048_576),
+            "audit_max_bytes read"
+        );
+
+        let cases = [
+            (
+                "audit_fsync = \"sometimes\"",
+                r#"gateway.audit_fsync: "sometimes": expected "always", "interval" or "never""#,
+            ),
+            (
+                "on_audit_failure = \"ignore\"",
+                r#"gateway.on_audit_failure: "ignore": expected "refuse" or "continue""#,
+            ),
+            (
+                "audit_max_bytes = 100",
+                r#"gateway.audit_max_bytes: "100": must be at least 4096"#,
+            ),
+            (
+                "audit_fsync = \"never\"\naudit_fsync_interval = \"2s\"",
+                r#"gateway.audit_fsync_interval: "2s": only used with audit_fsync = "interval""#,
+            ),
+        ];
+        for (extra, expected) in cases {
+            let err = parse(&with(extra)).unwrap_err().to_string();
+            assert!(
+                err.contains(expected),
+                "for {extra:?} expected {expected:?}, got: {err}"
+            );
+            assert!(!err.contains('\n'), "must be one line: {err}");
+        }
     }
 
     #[test]

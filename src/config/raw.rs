@@ -29,6 +29,13 @@ pub struct RawGateway {
     pub crl: Option<String>,
     pub close_on_cert_expiry: Option<bool>,
     pub cert_expiry_grace: Option<String>,
+    pub session_tickets: Option<bool>,
+    pub ticket_key_file: Option<String>,
+    pub ticket_rotation: Option<String>,
+    pub audit_fsync: Option<String>,
+    pub audit_fsync_interval: Option<String>,
+    pub on_audit_failure: Option<String>,
+    pub audit_max_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

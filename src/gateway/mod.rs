@@ -23,7 +23,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
 use crate::audit::{AuditError, AuditWriter};
@@ -65,6 +65,8 @@ pub struct Shared {
     pub config: GatewayConfig,
     pub server_tls: Arc<rustls::ServerConfig>,
     pub crl: Option<RevocationList>,
+    /// Kept across reloads when its settings do not change, so tickets stay valid.
+    pub ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>,
     /// Grows by one with every successful reload; the sweep uses it to re-check sessions.
     pub generation: u64,
 }
@@ -76,6 +78,14 @@ impl Shared {
     /// Loads everything the config names (certificate, key, client CA, CRL). This is
     /// also what `gateway --check` runs. Errors name the config field of the file at fault.
     pub fn load(config: GatewayConfig) -> Result<Shared, GatewayError> {
+        Self::load_after(config, None)
+    }
+
+    /// Like `load`, keeping what can be kept from `previous` (the ticket keys).
+    pub fn load_after(
+        config: GatewayConfig,
+        previous: Option<&Shared>,
+    ) -> Result<Shared, GatewayError> {
         let field =
             |name: &'static str, path: &std::path::Path, reason: String| GatewayError::File {
                 field: name,
@@ -95,15 +105,27 @@ impl Shared {
             ),
             None => None,
         };
-        let crls = crl.iter().map(|c| c.der.clone()).collect();
-        let server_tls = tls::server_config(chain, key, roots, crls).map_err(|err| {
-            let reason = format!("cannot be used with gateway.key, client_ca and crl: {err}");
-            field("gateway.cert", &config.cert, reason)
+        let ticketer = ticketer(&config, previous).map_err(|err| {
+            field(
+                "gateway.ticket_key_file",
+                config
+                    .ticket_key_file
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new("")),
+                err.to_string(),
+            )
         })?;
+        let crls = crl.iter().map(|c| c.der.clone()).collect();
+        let server_tls =
+            tls::server_config(chain, key, roots, crls, ticketer.clone()).map_err(|err| {
+                let reason = format!("cannot be used with gateway.key, client_ca and crl: {err}");
+                field("gateway.cert", &config.cert, reason)
+            })?;
         Ok(Shared {
             config,
             server_tls: Arc::new(server_tls),
             crl,
+            ticketer,
             generation: 0,
         })
     }
@@ -115,17 +137,50 @@ impl Shared {
     }
 }
 
+/// The ticket producer for `config`: reused from `previous` when the ticket settings
+/// are unchanged (a reload must not invalidate every agent's ticket), else new.
+fn ticketer(
+    config: &GatewayConfig,
+    previous: Option<&Shared>,
+) -> Result<Option<Arc<dyn rustls::server::ProducesTickets>>, tls::tickets::TicketKeyError> {
+    if !config.session_tickets {
+        return Ok(None);
+    }
+    if let Some(prev) = previous
+        && prev.config.ticket_key_file == config.ticket_key_file
+        && prev.config.ticket_rotation == config.ticket_rotation
+        && prev.ticketer.is_some()
+    {
+        return Ok(prev.ticketer.clone());
+    }
+    let ticketer = match &config.ticket_key_file {
+        Some(path) => tls::tickets::RotatingTicketer::from_file(path, config.ticket_rotation)?,
+        None => tls::tickets::RotatingTicketer::random(config.ticket_rotation)?,
+    };
+    Ok(Some(Arc::new(ticketer)))
+}
+
 /// Control events for the main thread.
 enum Control {
     Stop,
     Reload,
+    RotateAudit,
 }
 
 /// Runs the gateway until SIGTERM or SIGINT, then drains and returns.
 pub fn run(shared: Shared) -> Result<(), GatewayError> {
     let config = shared.config.clone();
+    match sys::fd::raise_nofile_limit() {
+        Ok(limit) if (limit as usize) < config.max_sessions * 2 + 64 => tracing::warn!(
+            nofile = limit,
+            max_sessions = config.max_sessions,
+            "open-file limit is below two descriptors per allowed session"
+        ),
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err, "cannot raise the open-file limit"),
+    }
     let cell: SharedCell = Arc::new(ArcSwap::from_pointee(shared));
-    let (audit_writer, audit_sink) = AuditWriter::start(&config.audit_log)?;
+    let (audit_writer, audit_sink) = AuditWriter::start(&config.audit_log, config.audit.clone())?;
     let listeners = listener::bind(config.listen, config.workers)?;
     let local = listeners
         .first()
@@ -134,18 +189,18 @@ pub fn run(shared: Shared) -> Result<(), GatewayError> {
     let local = local.map(|a| a.to_string()).unwrap_or_default();
 
     // Signals are registered before the workers start, so an early one is not lost.
-    let mut signals =
-        Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|err| GatewayError::Os("signals", err))?;
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
+        .map_err(|err| GatewayError::Os("signals", err))?;
     let signals_handle = signals.handle();
     let (control_tx, control_rx) = mpsc::channel();
     std::thread::Builder::new()
         .name("pgtunnel-signals".into())
         .spawn(move || {
             for signal in signals.forever() {
-                let event = if signal == SIGHUP {
-                    Control::Reload
-                } else {
-                    Control::Stop
+                let event = match signal {
+                    SIGHUP => Control::Reload,
+                    SIGUSR1 => Control::RotateAudit,
+                    _ => Control::Stop,
                 };
                 if control_tx.send(event).is_err() {
                     break;
@@ -155,7 +210,8 @@ pub fn run(shared: Shared) -> Result<(), GatewayError> {
         .map_err(|err| GatewayError::Os("spawning signal thread", err))?;
 
     let workers = start_workers(&cell, &audit_sink, listeners)?;
-    drop(audit_sink.clone());
+    // Only the workers hold sinks: the writer's close waits for every sink to go.
+    drop(audit_sink);
     let wakes: Vec<OwnedFd> = workers
         .iter()
         .filter_map(|(_, w)| w.try_clone().ok())
@@ -169,12 +225,16 @@ pub fn run(shared: Shared) -> Result<(), GatewayError> {
     );
 
     // Control loop: reloads, CRL changes, and the first stop signal.
-    let mut reloader = reload::Reloader::new(cell.clone(), audit_sink);
+    let mut reloader = reload::Reloader::new(cell.clone());
     loop {
         match control_rx.recv_timeout(CRL_POLL) {
-            Ok(Control::Reload) => reloader.reload_all(),
+            Ok(Control::Reload) => reloader.reload_all(&audit_writer),
+            Ok(Control::RotateAudit) => {
+                tracing::info!("SIGUSR1: rotating the audit log");
+                audit_writer.rotate();
+            }
             Ok(Control::Stop) => break,
-            Err(RecvTimeoutError::Timeout) => reloader.poll_crl(),
+            Err(RecvTimeoutError::Timeout) => reloader.poll_crl(&audit_writer),
             Err(RecvTimeoutError::Disconnected) => break,
         }
     }

@@ -32,7 +32,13 @@ use crate::tls::{self};
 type ServerRecords = RecordLayer<ServerConnectionData>;
 
 /// Serves one accepted connection to its end.
-pub async fn serve(worker: &Rc<Worker>, sock: Socket, session_id: String, overloaded: bool) {
+/// `refuse` is a decision taken at accept (overloaded, audit unavailable): no TLS then.
+pub async fn serve(
+    worker: &Rc<Worker>,
+    sock: Socket,
+    session_id: String,
+    refuse: Option<DenyReason>,
+) {
     let peer = SockRef::from(sock.as_fd())
         .peer_addr()
         .ok()
@@ -43,10 +49,13 @@ pub async fn serve(worker: &Rc<Worker>, sock: Socket, session_id: String, overlo
         session_id: &session_id,
         peer,
     };
-    if overloaded {
+    if let Some(reason) = refuse {
         // No TLS, no questions: refusing early is what keeps an overloaded worker alive.
-        let detail = "worker at its session or handshake cap".to_string();
-        ctx.deny(&Refusal::early(DenyReason::Overloaded, detail));
+        let detail = match reason {
+            DenyReason::Overloaded => "worker at its session or handshake cap",
+            _ => "the audit log cannot be written",
+        };
+        ctx.deny(&Refusal::early(reason, detail.to_string()));
         return;
     }
     let _ = SockRef::from(sock.as_fd()).set_tcp_nodelay(true);

@@ -23,7 +23,7 @@ use tracing::Instrument;
 use super::SharedCell;
 use super::policy::{Decision, authorize};
 use super::session;
-use crate::audit::{AuditSink, CloseReason};
+use crate::audit::{AuditSink, CloseReason, DenyReason};
 use crate::pki::Identity;
 use crate::pump::StopSignal;
 use crate::sys::uring::{self, Incoming, Runtime, Socket};
@@ -176,15 +176,22 @@ impl Worker {
         let id = self.next_session.get();
         self.next_session.set(id + 1);
         let session_id = format!("{}-{id}", self.session_prefix);
-        let overloaded = self.connections.get() >= self.max_connections
-            || self.handshakes.get() >= self.max_handshakes;
-        self.connections.set(self.connections.get() + 1);
+        let refuse = if self.connections.get() >= self.max_connections
+            || self.handshakes.get() >= self.max_handshakes
+        {
+            Some(DenyReason::Overloaded)
+        } else if !self.audit.admits_sessions() {
+            // Fail closed: with the audit log unwritable, nobody gets in unrecorded.
+            Some(DenyReason::AuditUnavailable)
+        } else {
+            None
+        };
         let span = tracing::debug_span!("session", session.id = %session_id, worker = self.id);
-        let worker = self.clone();
+        let guard = ConnectionGuard::new(self.clone());
         uring::spawn(
             async move {
-                session::serve(&worker, sock, session_id, overloaded).await;
-                worker.connections.set(worker.connections.get() - 1);
+                session::serve(&guard.worker, sock, session_id, refuse).await;
+                drop(guard);
             }
             .instrument(span),
         );
@@ -283,6 +290,27 @@ pub struct Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.worker.sessions.borrow_mut().try_remove(self.key);
+    }
+}
+
+/// Counts an accepted connection until its task ends, however it ends (a task dropped
+/// at shutdown or after a panic still gives its count back).
+struct ConnectionGuard {
+    worker: Rc<Worker>,
+}
+
+impl ConnectionGuard {
+    fn new(worker: Rc<Worker>) -> ConnectionGuard {
+        worker.connections.set(worker.connections.get() + 1);
+        ConnectionGuard { worker }
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.worker
+            .connections
+            .set(self.worker.connections.get() - 1);
     }
 }
 

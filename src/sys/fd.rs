@@ -21,3 +21,24 @@ pub fn eventfd_signal(fd: &OwnedFd) -> io::Result<()> {
     let mut file = std::fs::File::from(fd.try_clone()?);
     file.write_all(&1u64.to_ne_bytes())
 }
+
+/// Raises this process's soft limit on open descriptors to its hard limit. A gateway
+/// holds two descriptors per session (client and upstream) and the common default soft
+/// limit of 1024 would cap it at about 500 sessions. Returns the new soft limit.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    // SAFETY: an all-zero rlimit is a valid value for getrlimit to overwrite.
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `limit` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: `limit` is a valid rlimit; raising the soft limit up to the hard limit
+        // needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(limit.rlim_cur)
+}

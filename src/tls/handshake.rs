@@ -274,36 +274,21 @@ async fn read_exact(sock: &Socket, buf: &mut Vec<u8>, n: usize) -> Result<(), Ha
 }
 
 /// After a failure: let rustls encode the alert it queued and send it, briefly.
-///
-/// `incoming` must be the buffer the failed step saw (less what it discarded): rustls
-/// may still hold the positions of later handshake messages of the same record (a
-/// client certificate refused, with CertificateVerify and Finished coalesced after it)
-/// and looks them up in the buffer it is given; an empty one makes rustls panic.
+/// `incoming` must be the buffer the failed step saw (after its discard): rustls keeps
+/// offsets into it between calls, and an unrelated buffer makes it panic.
 async fn send_alert<C: Unbuffered>(
     sock: &Socket,
     conn: &mut C,
-    incoming: &mut Vec<u8>,
+    incoming: &mut [u8],
     outgoing: &mut Vec<u8>,
 ) {
     outgoing.clear();
-    // Two steps at most: encode the alert, then transmit it.
-    for _ in 0..2 {
-        let status = conn.process(incoming);
-        let discard = status.discard;
-        let queued = match status.state {
-            Ok(ConnectionState::EncodeTlsData(mut data)) => {
-                encode(outgoing, |buf| data.encode(buf)).is_ok()
-            }
-            Ok(ConnectionState::TransmitTlsData(data)) => {
-                data.done();
-                false
-            }
-            _ => false,
-        };
-        incoming.drain(..discard);
-        if !queued {
-            break;
-        }
+    // Exactly one step: the alert is the first thing rustls hands out after a failure.
+    // Stepping again would make rustls process the bad input again and, having already
+    // sent a fatal alert, panic on its own assertion.
+    let status = conn.process(incoming);
+    if let Ok(ConnectionState::EncodeTlsData(mut data)) = status.state {
+        let _ = encode(outgoing, |buf| data.encode(buf));
     }
     if !outgoing.is_empty() {
         let _ = uring::timeout(
@@ -311,5 +296,124 @@ async fn send_alert<C: Unbuffered>(
             transmit(sock, outgoing),
         )
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::pki::{Ca, Validity};
+    use crate::sys::uring::Runtime;
+
+    fn server_config() -> (Arc<rustls::ServerConfig>, Ca, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::init(dir.path()).unwrap();
+        let server = ca
+            .issue_server(
+                &["localhost".into()],
+                &[],
+                Validity::starting_now(Duration::from_secs(3600)),
+            )
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.cert_der().clone()).unwrap();
+        let config = crate::tls::server_config(
+            vec![server.cert_der().clone()],
+            server.private_key_der(),
+            roots,
+            Vec::new(),
+            None,
+        )
+        .unwrap();
+        (Arc::new(config), ca, dir)
+    }
+
+    fn client_hello(ca: &Ca) -> Vec<u8> {
+        let login = ca
+            .issue_login(
+                "alice",
+                &[],
+                Validity::starting_now(Duration::from_secs(3600)),
+            )
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.cert_der().clone()).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(vec![login.cert_der().clone()], login.private_key_der())
+            .unwrap();
+        let name = rustls_pki_types::ServerName::try_from("main").unwrap();
+        let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut out = Vec::new();
+        conn.write_tls(&mut out).unwrap();
+        out
+    }
+
+    /// Runs the server handshake against `input` (then end of stream); true if it
+    /// ended with an error and without a panic.
+    fn handshake_refuses(config: &Arc<rustls::ServerConfig>, input: &[u8]) -> bool {
+        let (mut client, server) = UnixStream::pair().unwrap();
+        client.write_all(input).unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        let sock = Socket::from_owned(server.into());
+        let conn = UnbufferedServerConnection::new(config.clone()).unwrap();
+        let rt = Runtime::new().unwrap();
+        let outcome = rt.block_on(async move {
+            uring::timeout(Duration::from_secs(2), handshake(sock, conn)).await
+        });
+        matches!(outcome, Ok(Ok(Err(_))))
+    }
+
+    #[test]
+    fn the_sni_is_read_from_a_real_client_hello() {
+        let (_, ca, _dir) = server_config();
+        let hello = client_hello(&ca);
+        assert_eq!(
+            client_hello::server_name(&hello[..]).as_deref(),
+            Some("main")
+        );
+    }
+
+    #[test]
+    fn truncated_and_mutated_client_hellos_end_in_an_error_never_a_panic() {
+        let (config, ca, _dir) = server_config();
+        let hello = client_hello(&ca);
+        for len in [0, 1, 4, 5, 6, 40, hello.len() / 2, hello.len() - 1] {
+            assert!(
+                handshake_refuses(&config, &hello[..len]),
+                "truncated at {len}: no clean error"
+            );
+        }
+        // A fixed-seed xorshift: the same mutations on every run.
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..150 {
+            let mut bent = hello.clone();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() as usize) % bent.len();
+                bent[at] ^= (next() as u8) | 1;
+            }
+            assert!(
+                handshake_refuses(&config, &bent),
+                "mutation round {round}: no clean error"
+            );
+        }
+        let garbage: Vec<u8> = (0..4096).map(|_| next() as u8).collect();
+        assert!(
+            handshake_refuses(&config, &garbage),
+            "random bytes: no clean error"
+        );
     }
 }

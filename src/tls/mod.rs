@@ -24,6 +24,7 @@ use rustls_pki_types::{
 pub mod client_hello;
 pub mod handshake;
 pub mod record;
+pub mod tickets;
 
 use crate::audit::DenyReason;
 use crate::pki;
@@ -80,6 +81,7 @@ pub fn server_config(
     key: PrivateKeyDer<'static>,
     client_roots: RootCertStore,
     crls: Vec<CertificateRevocationListDer<'static>>,
+    ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>,
 ) -> Result<ServerConfig, rustls::Error> {
     let provider = provider();
     // With a CRL, a certificate whose revocation status it cannot establish (issued by
@@ -97,9 +99,14 @@ pub fn server_config(
     // The record layer after the handshake is ours (or the kernel's): rustls must hand
     // over the traffic secrets.
     config.enable_secret_extraction = true;
-    // libpq never resumes, and the agent does not yet either: tickets would be wasted
-    // work on every handshake (docs/limitations.md).
-    config.send_tls13_tickets = 0;
+    // One ticket per connection is all an agent needs to resume its next tunnel.
+    match ticketer {
+        Some(ticketer) => {
+            config.ticketer = ticketer;
+            config.send_tls13_tickets = 1;
+        }
+        None => config.send_tls13_tickets = 0,
+    }
     Ok(config)
 }
 

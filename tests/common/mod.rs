@@ -488,6 +488,47 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// SIGKILL, as a crash or the OOM killer would; the folder (config, audit log) stays,
+    /// so [`Gateway::restart`] can start it again.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and a bounded wait for the drain, like [`Gateway::stop`], but the folder
+    /// (config, audit log) stays for reading or a restart.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self
+            .child
+            .take()
+            .expect("gateway child present until stopped");
+        signal(&child, "TERM");
+        wait_bounded(&mut child, STOP_TIMEOUT).unwrap_or_else(|| {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "gateway did not exit within {STOP_TIMEOUT:?} of SIGTERM; stderr:\n{}",
+                self.stderr()
+            )
+        })
+    }
+
+    /// Starts the gateway again with the same config and audit log (after `kill`).
+    pub fn restart(&mut self) {
+        self.kill();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("gateway").arg("--config").arg(&self.config);
+        let child = spawn_logged(cmd, &self.stderr_path);
+        match wait_listening(child, self.port(), &self.stderr_path, "gateway") {
+            Ok(child) => self.child = Some(child),
+            Err(stderr) => panic!("restarted gateway exited before listening:\n{stderr}"),
+        }
+    }
+}
+
 impl Drop for Gateway {
     fn drop(&mut self) {
         if let Some(child) = self.child.as_mut() {

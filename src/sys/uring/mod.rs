@@ -143,6 +143,25 @@ mod tests {
     }
 
     #[test]
+    fn a_panicking_task_ends_alone_and_the_runtime_goes_on() {
+        let rt = Runtime::new().unwrap();
+        let survived = rt
+            .block_on(async {
+                spawn(async { panic!("a bug in one session") });
+                let done = std::rc::Rc::new(std::cell::Cell::new(false));
+                let flag = done.clone();
+                spawn(async move {
+                    sleep(Duration::from_millis(5)).await;
+                    flag.set(true);
+                });
+                sleep(Duration::from_millis(30)).await;
+                done.get()
+            })
+            .unwrap();
+        assert!(survived, "the other task must still run after one panicked");
+    }
+
+    #[test]
     fn connect_reaches_a_listener_and_refused_is_an_error() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();

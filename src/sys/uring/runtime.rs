@@ -147,7 +147,7 @@ impl Runtime {
         let _enter = EnterGuard::enter(self.driver.clone());
         let output: Rc<RefCell<Option<F::Output>>> = Rc::new(RefCell::new(None));
         let slot = output.clone();
-        self.driver.executor.spawn(Box::pin(async move {
+        let (main_id, main_generation) = self.driver.executor.spawn(Box::pin(async move {
             let value = future.await;
             *slot.borrow_mut() = Some(value);
         }));
@@ -156,6 +156,9 @@ impl Runtime {
             self.driver.executor.run_ready();
             if let Some(value) = output.borrow_mut().take() {
                 break Ok(value);
+            }
+            if !self.driver.executor.is_alive(main_id, main_generation) {
+                break Err(io::Error::other("the runtime's main task panicked"));
             }
             let idle = self.driver.executor.is_idle();
             if let Err(err) = self.driver.submit_and_reap(idle) {
@@ -171,7 +174,9 @@ impl Runtime {
 /// Spawns a task on the current thread's runtime. Panics if called outside
 /// [`Runtime::block_on`], which is a programming error, never a peer's doing.
 pub fn spawn<F: Future<Output = ()> + 'static>(future: F) {
-    Driver::with_current(|driver| driver.executor.spawn(Box::pin(future)));
+    Driver::with_current(|driver| {
+        driver.executor.spawn(Box::pin(future));
+    });
 }
 
 /// Hands queued submissions to the kernel without waiting; a no-op outside a runtime.
@@ -343,7 +348,8 @@ fn complete_slot(slots: &mut Slab<Slot>, id: usize, res: i32, flags: u32) {
 }
 
 impl Executor {
-    fn spawn(&self, future: LocalTask) {
+    /// Adds a task; returns its id and generation.
+    fn spawn(&self, future: LocalTask) -> (usize, u64) {
         let generation = self.generation.get().wrapping_add(1);
         self.generation.set(generation);
         let mut tasks = self.tasks.borrow_mut();
@@ -362,6 +368,14 @@ impl Executor {
             generation,
         });
         waker.wake_by_ref();
+        (id, generation)
+    }
+
+    fn is_alive(&self, id: usize, generation: u64) -> bool {
+        self.tasks
+            .borrow()
+            .get(id)
+            .is_some_and(|task| task.generation == generation)
     }
 
     fn is_idle(&self) -> bool {
@@ -406,8 +420,22 @@ impl Executor {
             (future, entry.waker.clone())
         };
 
+        // A panic in one task (a bug, since peer input must never cause one) ends that
+        // task only: the worker, its ring and every other session carry on.
         let mut cx = Context::from_waker(&waker);
-        let done = future.as_mut().poll(&mut cx).is_ready();
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            future.as_mut().poll(&mut cx).is_ready()
+        }));
+        let done = match polled {
+            Ok(done) => done,
+            Err(_) => {
+                tracing::error!(
+                    task = id,
+                    "task panicked; it was dropped, the worker goes on"
+                );
+                true
+            }
+        };
 
         let mut tasks = self.tasks.borrow_mut();
         if done {
