@@ -150,10 +150,13 @@ fn admit(
 
     // Short-lived is enforced, not hoped for: a certificate issued for longer than
     // max_cert_lifetime is refused even though it chains and is in its validity period.
+    // `ca issue` starts every certificate CLOCK_SKEW in the past, so one issued for
+    // exactly the maximum spans that much more; that allowance is not held against it.
     let lifetime = identity.not_after - identity.not_before;
     let max =
         time::Duration::try_from(shared.config.max_cert_lifetime).unwrap_or(time::Duration::MAX);
-    if lifetime > max {
+    let skew = time::Duration::try_from(crate::pki::CLOCK_SKEW).unwrap_or(time::Duration::ZERO);
+    if lifetime > max.saturating_add(skew) {
         let detail = format!(
             "certificate lifetime {} exceeds max_cert_lifetime {}",
             crate::pki::human_duration(lifetime),

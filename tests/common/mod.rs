@@ -248,6 +248,42 @@ pub fn psql(port: u16, pki: &Pki, cert: &CertPair, user: &str, sql: &str) -> Cli
     ))
 }
 
+/// libpq connection settings for `user` on 127.0.0.1:`port` without TLS (psql then
+/// prints an ErrorResponse sent before TLS in full; see docs/limitations.md).
+pub fn plain_conninfo(port: u16, user: &str) -> String {
+    format!(
+        "host=127.0.0.1 port={port} sslmode=disable user={user} dbname=postgres \
+         connect_timeout=10 gssencmode=disable"
+    )
+}
+
+/// Runs SQL with real psql as `user` on 127.0.0.1:`port` without TLS.
+pub fn psql_plain(port: u16, user: &str, sql: &str) -> ClientOutput {
+    let mut cmd = Command::new(psql_bin());
+    clear_pg_env(&mut cmd);
+    cmd.arg(plain_conninfo(port, user)).args([
+        "-X",
+        "-A",
+        "-t",
+        "-w",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-c",
+        sql,
+    ]);
+    ClientOutput::from(run_bounded(cmd, CLIENT_TIMEOUT))
+}
+
+/// Parses an audit timestamp (or any RFC 3339 field) of `record`, failing the test if
+/// it is missing or malformed.
+pub fn ts_field(record: &Value, field: &str) -> time::OffsetDateTime {
+    let text = record[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("{field} missing: {record}"));
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("{field} {text:?} is not RFC 3339 ({e}): {record}"))
+}
+
 /// Removes our own `PG*` variables so they cannot redirect a client.
 pub fn clear_pg_env(cmd: &mut Command) {
     for (key, _) in std::env::vars_os() {
@@ -324,12 +360,8 @@ impl Gateway {
         // A free port can be taken between our probe and the gateway's bind.
         for attempt in 1..=3 {
             let port = cluster::free_loopback_port().expect("free port");
-            let toml = format!(
-                "[gateway]\nlisten = \"127.0.0.1:{port}\"\ncert = \"server.crt\"\n\
-                 key = \"server.key\"\nclient_ca = \"ca.crt\"\naudit_log = \"audit.jsonl\"\n\
-                 workers = 2\ndrain_timeout = \"5s\"\n{gateway_extra}\n\n{services}"
-            );
-            fs::write(&config, toml).expect("writing gateway.toml");
+            fs::write(&config, gateway_toml(port, gateway_extra, services))
+                .expect("writing gateway.toml");
             let mut cmd = Command::new(BIN);
             cmd.arg("gateway").arg("--config").arg(&config);
             let child = spawn_logged(cmd, &stderr_path);
@@ -353,6 +385,54 @@ impl Gateway {
 
     pub fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    /// Replaces the config file with the same listener and files but `gateway_extra`
+    /// and `services`; the running gateway reads it on the next SIGHUP ([`Self::reload`]).
+    pub fn rewrite_config(&self, gateway_extra: &str, services: &str) {
+        fs::write(
+            &self.config,
+            gateway_toml(self.port(), gateway_extra, services),
+        )
+        .expect("rewriting gateway.toml");
+    }
+
+    /// Sends SIGHUP: the gateway re-reads its config file and everything it names.
+    pub fn reload(&self) {
+        self.signal("HUP");
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`, ...) to the gateway process.
+    pub fn signal(&self, name: &str) {
+        let child = self
+            .child
+            .as_ref()
+            .expect("gateway child present until stop");
+        signal(child, name);
+    }
+
+    /// Whether the gateway process is still running.
+    pub fn is_running(&mut self) -> bool {
+        let child = self
+            .child
+            .as_mut()
+            .expect("gateway child present until stop");
+        matches!(child.try_wait(), Ok(None))
+    }
+
+    /// Waits (bounded) until the diagnostic log holds `needle`, and returns the log.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let log = self.stderr();
+            if log.contains(needle) {
+                return log;
+            }
+            if Instant::now() >= deadline {
+                panic!("gateway log never showed {needle:?} within {WAIT:?}:\n{log}");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The gateway's diagnostic log so far.
@@ -386,7 +466,8 @@ impl Gateway {
     }
 
     /// SIGTERM, then waits for the drain; returns the exit status and the final audit
-    /// log (the gateway writes every record before it exits).
+    /// log (the gateway writes every record before it exits). A panic anywhere in the
+    /// gateway (a worker thread's is otherwise only a log line) fails the test.
     pub fn stop(mut self) -> (ExitStatus, Vec<Value>) {
         let mut child = self.child.take().expect("gateway child present until stop");
         signal(&child, "TERM");
@@ -398,6 +479,11 @@ impl Gateway {
                 self.stderr()
             )
         });
+        let log = self.stderr();
+        assert!(
+            !log.contains("panicked"),
+            "the gateway panicked (peer input must never make it panic):\n{log}"
+        );
         (status, self.audit())
     }
 }
@@ -451,6 +537,16 @@ impl Drop for Gateway {
     }
 }
 
+/// The gateway config every scenario starts from: the issue's minimal file with relative
+/// paths, two workers, a 5 s drain, plus `gateway_extra` lines and `services`.
+fn gateway_toml(port: u16, gateway_extra: &str, services: &str) -> String {
+    format!(
+        "[gateway]\nlisten = \"127.0.0.1:{port}\"\ncert = \"server.crt\"\n\
+         key = \"server.key\"\nclient_ca = \"ca.crt\"\naudit_log = \"audit.jsonl\"\n\
+         workers = 2\ndrain_timeout = \"5s\"\n{gateway_extra}\n\n{services}"
+    )
+}
+
 /// A running `pgtunnel connect` listening on 127.0.0.1:`port` for psql.
 pub struct Agent {
     child: Child,
@@ -490,6 +586,11 @@ impl Agent {
     /// The agent's diagnostic log so far.
     pub fn stderr(&self) -> String {
         fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Whether the agent process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 }
 
@@ -638,6 +739,73 @@ pub fn run_bounded(mut cmd: Command, timeout: Duration) -> Output {
         status,
         stdout,
         stderr,
+    }
+}
+
+/// A client program running in the background (a long query, say) while the test does
+/// something else; its output is captured on threads.
+pub struct Background {
+    what: String,
+    child: Child,
+    out: Option<thread::JoinHandle<Vec<u8>>>,
+    err: Option<thread::JoinHandle<Vec<u8>>>,
+}
+
+impl Background {
+    /// Starts `cmd` with its output captured.
+    pub fn spawn(mut cmd: Command) -> Background {
+        let what = format!("{cmd:?}");
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+        let out = Some(drain(child.stdout.take().expect("piped stdout")));
+        let err = Some(drain(child.stderr.take().expect("piped stderr")));
+        Background {
+            what,
+            child,
+            out,
+            err,
+        }
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits at most `timeout` for it to end; kills it and fails the test if it does not.
+    pub fn finish(mut self, timeout: Duration) -> ClientOutput {
+        let status = wait_bounded(&mut self.child, timeout);
+        if status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let stdout = self.out.take().map(|h| h.join().unwrap_or_default());
+        let stderr = self.err.take().map(|h| h.join().unwrap_or_default());
+        let output = Output {
+            status: status.unwrap_or_else(|| {
+                panic!(
+                    "{} ran longer than {timeout:?} and was killed; stderr:\n{}",
+                    self.what,
+                    String::from_utf8_lossy(stderr.as_deref().unwrap_or_default())
+                )
+            }),
+            stdout: stdout.unwrap_or_default(),
+            stderr: stderr.unwrap_or_default(),
+        };
+        ClientOutput::from(output)
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
