@@ -3,6 +3,7 @@
 //! lower-case context; a `UsageError` anywhere in the chain means exit code 64
 //! (EX_USAGE), anything else exit code 1.
 
+pub mod bench;
 pub mod ca;
 pub mod connect;
 pub mod demo;
@@ -53,6 +54,8 @@ pub enum Command {
     Connect(connect::ConnectArgs),
     /// Show the whole flow on a throwaway PostgreSQL cluster.
     Demo(demo::DemoArgs),
+    /// Measure handshakes, round trips, throughput and queries, tunnel against direct.
+    Bench(Box<bench::BenchArgs>),
 }
 
 pub fn main() -> ExitCode {
@@ -63,6 +66,7 @@ pub fn main() -> ExitCode {
         Command::Gateway(args) => gateway::run(args),
         Command::Connect(args) => connect::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Bench(args) => bench::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
