@@ -385,6 +385,9 @@ fn coordinate(
 
         let phase = if warmup { "warm-up" } else { "measuring" };
         while Instant::now() < window.end {
+            // Sleep first: a rate shown at the very start of a round is always zero.
+            let left = window.end.saturating_duration_since(Instant::now());
+            thread::sleep(left.min(Duration::from_millis(100)));
             let elapsed = start.elapsed().as_secs_f64().max(1e-3);
             let bytes = live.bytes.load(Ordering::Relaxed);
             let rate = if bytes > 0 {
@@ -405,8 +408,6 @@ fn coordinate(
                 plan.routes[route],
                 live.errors.load(Ordering::Relaxed)
             ));
-            let left = window.end.saturating_duration_since(Instant::now());
-            thread::sleep(left.min(Duration::from_millis(100)));
         }
 
         let mut round = Tally::new(metrics);
@@ -455,6 +456,17 @@ fn coordinate(
         out.tally.absorb(round);
     }
     Ok(outcomes)
+}
+
+/// Cores the gateway and agents use while the bench sends them nothing, measured over
+/// `window`. Anything but a trickle means sessions of an earlier scenario are still
+/// being served, which would be charged to the next scenario's routes.
+pub fn target_idle_cores(probes: &Probes, window: Duration) -> f64 {
+    let before = sample(probes);
+    thread::sleep(window);
+    let after = sample(probes);
+    let busy = (after.gateway - before.gateway).run_ns + (after.agent - before.agent).run_ns;
+    busy as f64 / 1e9 / window.as_secs_f64()
 }
 
 struct Sample {

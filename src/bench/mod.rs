@@ -26,6 +26,7 @@ pub mod machine;
 pub mod net;
 pub mod pgwire;
 pub mod progress;
+pub mod report;
 pub mod results;
 pub mod run;
 pub mod scenario;

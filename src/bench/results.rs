@@ -344,57 +344,48 @@ impl ScenarioResult {
     }
 
     /// Looks for signs that the numbers measure the machine or the load generator
-    /// rather than the target, and records them as warnings.
+    /// rather than the target, and records them as warnings. Warnings about the
+    /// load generator name their route; machine load is summed up in one line each.
     pub fn judge(&mut self, cores: usize, tunnel_routes: &[&str]) {
-        let cores = cores.max(1) as f64;
+        let cores_f = cores.max(1) as f64;
         let threads = self.load.connections.max(1) as f64;
         let mut warnings = Vec::new();
+        let mut saturated = Vec::new();
+        let mut noisy = Vec::new();
+        let mut stolen = Vec::new();
         for route in &self.routes {
             let c = &route.cpu;
             let name = &route.name;
-            if c.client_cores >= 0.9 * threads.min(cores) {
+            let target = c.gateway_cores + c.agent_cores;
+            let busy = c.machine_busy_cores >= 0.9 * cores_f;
+            if c.client_cores >= 0.9 * threads.min(cores_f) {
                 warnings.push(format!(
                     "LOAD GENERATOR WAS THE BOTTLENECK on {name}: its {} thread(s) used {:.2} \
                      cores, i.e. they were busy nearly all the time instead of waiting for the \
                      target",
                     self.load.connections, c.client_cores
                 ));
-            }
-            let target = c.gateway_cores + c.agent_cores;
-            if tunnel_routes.contains(&name.as_str())
+            } else if tunnel_routes.contains(&name.as_str())
+                && busy
                 && target > 0.0
-                && c.machine_busy_cores >= 0.9 * cores
                 && c.client_cores > target
             {
                 warnings.push(format!(
                     "LOAD GENERATOR WAS LIKELY THE BOTTLENECK on {name}: the machine was \
-                     saturated ({:.2} of {cores} cores busy) and the bench used more CPU \
-                     ({:.2} cores) than gateway and agent together ({:.2}); the tunnel figures \
-                     are a lower bound",
-                    c.machine_busy_cores, c.client_cores, target
+                     saturated and the bench used more CPU ({:.2} cores) than gateway and agent \
+                     together ({target:.2}); the tunnel figures are a lower bound",
+                    c.client_cores
                 ));
-            } else if c.machine_busy_cores >= 0.9 * cores {
-                warnings.push(format!(
-                    "machine saturated on {name}: {:.2} of {cores} cores busy (bench {:.2}, \
-                     gateway {:.2}, agent {:.2}, in-process servers {:.2}, other {:.2}); \
-                     latencies include waiting for a CPU",
-                    c.machine_busy_cores,
-                    c.client_cores,
-                    c.gateway_cores,
-                    c.agent_cores,
-                    c.servers_cores,
-                    c.other_cores
-                ));
+            }
+            if busy {
+                saturated.push(format!("{name} {:.2}", c.machine_busy_cores));
             }
             if c.other_cores >= 0.25 && self.name != "pg" {
-                warnings.push(format!(
-                    "noisy machine on {name}: other processes used {:.2} cores meanwhile",
-                    c.other_cores
-                ));
+                noisy.push(format!("{name} {:.2}", c.other_cores));
             }
             if route.seconds > 0.0 && c.steal_us / 1e6 / route.seconds >= 0.05 {
-                warnings.push(format!(
-                    "the hypervisor stole {:.0} % of a core on {name}",
+                stolen.push(format!(
+                    "{name} {:.0} %",
                     100.0 * c.steal_us / 1e6 / route.seconds
                 ));
             }
@@ -427,8 +418,40 @@ impl ScenarioResult {
                 ));
             }
         }
+        if !saturated.is_empty() {
+            warnings.push(format!(
+                "{MACHINE_SATURATED} (cores busy of {cores}: {}): latencies include waiting for \
+                 a CPU",
+                saturated.join(", ")
+            ));
+        }
+        if !noisy.is_empty() {
+            warnings.push(format!(
+                "{NOISY_MACHINE}: other processes used cores meanwhile ({})",
+                noisy.join(", ")
+            ));
+        }
+        if !stolen.is_empty() {
+            warnings.push(format!(
+                "{STOLEN}: the hypervisor took CPU time from this VM ({})",
+                stolen.join(", ")
+            ));
+        }
         self.warnings.extend(warnings);
     }
+}
+
+/// Openings of the warnings about the machine rather than the bench or the target.
+pub const MACHINE_SATURATED: &str = "machine saturated";
+pub const NOISY_MACHINE: &str = "noisy machine";
+pub const STOLEN: &str = "steal time";
+
+/// Whether a warning is about machine load (shown folded in the report) rather than
+/// about the bench, the target or errors.
+pub fn is_machine_note(warning: &str) -> bool {
+    [MACHINE_SATURATED, NOISY_MACHINE, STOLEN, "only "]
+        .iter()
+        .any(|p| warning.starts_with(p))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod connect;
 pub mod demo;
 pub mod gateway;
 pub mod pg_config;
+pub mod report;
 
 use std::process::ExitCode;
 
@@ -56,6 +57,8 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Measure handshakes, round trips, throughput and queries, tunnel against direct.
     Bench(Box<bench::BenchArgs>),
+    /// Render bench results (JSON) into one self-contained HTML report.
+    Report(report::ReportArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -67,6 +70,7 @@ pub fn main() -> ExitCode {
         Command::Connect(args) => connect::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(*args),
+        Command::Report(args) => report::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -108,6 +108,7 @@ pub fn measure(
     let title = format!("{} {}", spec.name, spec.variant);
     let plan = ctx.plan(&title, &names, round_floor);
     let connections = workers.len();
+    let busy = settle(ctx.probes);
     let outcomes = load::run(&plan, workers, spec.metrics.len(), ctx.probes, ctx.progress)?;
     let mut results = Vec::new();
     for (outcome, route) in outcomes.into_iter().zip(routes) {
@@ -127,7 +128,7 @@ pub fn measure(
         baseline: spec.baseline.to_owned(),
         routes: results,
         notes: spec.notes,
-        warnings: Vec::new(),
+        warnings: busy.map(idle_warning).into_iter().collect(),
     };
     scenario.compute_ratios();
     let tunnel: Vec<&str> = names
@@ -137,6 +138,34 @@ pub fn measure(
         .collect();
     scenario.judge(ctx.cores, &tunnel);
     Ok(scenario)
+}
+
+/// Targets busier than this while nothing is sent to them are still serving old
+/// sessions.
+const IDLE_LIMIT_CORES: f64 = 0.05;
+
+/// Waits (a few seconds at most) for the gateway and agents to go idle before a
+/// scenario starts. Returns the cores they still used if they never did.
+pub fn settle(probes: &Probes) -> Option<f64> {
+    if probes.gateway.is_none() && probes.agents.is_empty() {
+        return None;
+    }
+    let mut cores = 0.0;
+    for _ in 0..10 {
+        cores = load::target_idle_cores(probes, Duration::from_millis(300));
+        if cores < IDLE_LIMIT_CORES {
+            return None;
+        }
+    }
+    Some(cores)
+}
+
+fn idle_warning(cores: f64) -> String {
+    format!(
+        "TARGET NOT IDLE: before this scenario the gateway and agent used {cores:.2} cores with \
+         no traffic from the bench, so sessions of an earlier scenario were still being served; \
+         their CPU columns include that work"
+    )
 }
 
 pub fn metric(name: &str, span: &str) -> MetricInfo {
