@@ -18,11 +18,14 @@ pub enum ScenarioKind {
 }
 
 impl ScenarioKind {
+    /// Every scenario, in the order a default run takes them: the latency-sensitive
+    /// ones first, bulk last, because filling every buffer on the path is the most
+    /// likely to leave work behind in a target.
     pub const ALL: [ScenarioKind; 4] = [
         ScenarioKind::Handshake,
         ScenarioKind::Echo,
-        ScenarioKind::Bulk,
         ScenarioKind::Pg,
+        ScenarioKind::Bulk,
     ];
 
     pub fn name(self) -> &'static str {
