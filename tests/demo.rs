@@ -84,8 +84,11 @@ fn assert_shows_the_flow(stdout: &str) {
 
 #[test]
 fn demo_shows_alice_through_the_tunnel_and_her_audit_records_then_cleans_up() {
+    // Something already listens where the demo's agent wants to: it must move aside.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("a listener to be in the way");
+    let busy = busy.local_addr().expect("its address");
     let mut cmd = Command::new(BIN);
-    cmd.args(["demo", "--no-wait"]);
+    cmd.args(["demo", "--no-wait", "--listen", &busy.to_string()]);
     let out = run_bounded(cmd, DEMO_TIMEOUT);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -96,13 +99,18 @@ fn demo_shows_alice_through_the_tunnel_and_her_audit_records_then_cleans_up() {
         out.status
     );
     assert_shows_the_flow(&stdout);
+    assert!(
+        stdout.contains(&format!("{busy} is busy")),
+        "demo did not say it moved the agent off the busy {busy}:\n{stdout}"
+    );
     assert_nothing_left(&demo_dirs(&stdout));
 }
 
 #[test]
 fn demo_waits_for_ctrl_c_and_then_stops_everything_it_started() {
+    // Port 0: any free port, so this test never races the other one for 5432.
     let mut child = Command::new(BIN)
-        .arg("demo")
+        .args(["demo", "--listen", "127.0.0.1:0"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -47,9 +47,19 @@ fn unknown_service_is_refused_as_unknown_service() {
 #[test]
 fn upstream_that_is_down_is_refused_as_upstream_unavailable() {
     let pki = Pki::new();
-    // A port that was free a moment ago: nothing listens there.
-    let closed = pgtunnel::pg::cluster::free_loopback_port().expect("free port");
-    let service = service_toml(SERVICE, &format!("127.0.0.1:{closed}"), &["alice"], &[]);
+    // A socket bound but never listening: connecting to its port is refused, and no
+    // other test can take the port while we hold it.
+    let closed =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    closed
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("binding a loopback port");
+    let closed = closed
+        .local_addr()
+        .expect("bound address")
+        .as_socket()
+        .expect("an IP address");
+    let service = service_toml(SERVICE, &closed.to_string(), &["alice"], &[]);
     let gateway = Gateway::start(&pki, &service);
 
     psql_is_refused(gateway, &pki, SERVICE, "upstream_unavailable");

@@ -8,27 +8,35 @@
 //! closed the connection unexpectedly". The agent does not decide anything about access;
 //! the gateway does.
 
+mod credentials;
+
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::client::UnbufferedClientConnection;
 use rustls_pki_types::ServerName;
 use socket2::{Domain, SockAddr, SockRef, Type};
 use tracing::Instrument;
 
 use crate::pg::wire::{self, SqlState};
-use crate::pump::{self, HandshakeError, PumpEnd, StopSignal, TlsSession};
+use crate::pump::{self, PumpEnd, PumpError, Side, StopSignal};
 use crate::sys::uring::{self, Incoming, Runtime, Socket};
+use crate::tls::handshake::{self, HandshakeError};
+use crate::tls::record::{RecordError, RecordLayer};
+
+pub use credentials::{Credentials, Loaded, LoginFiles};
 
 /// Validated agent settings.
-#[derive(Clone)]
 pub struct AgentConfig {
     pub gateway: SocketAddr,
     pub service: String,
     pub listen: SocketAddr,
-    pub tls: Arc<rustls::ClientConfig>,
+    /// Where the login certificate, key and CA live (re-read when they change).
+    pub login: LoginFiles,
+    /// Those files as loaded and checked at start-up.
+    pub loaded: Loaded,
     pub connect_timeout: Duration,
     pub handshake_timeout: Duration,
 }
@@ -50,6 +58,7 @@ pub enum AgentError {
 /// A bound agent, ready to serve (binding first lets callers report the address).
 pub struct Agent {
     config: AgentConfig,
+    credentials: Credentials,
     listener: socket2::Socket,
     sni: ServerName<'static>,
 }
@@ -62,8 +71,10 @@ impl Agent {
             addr: config.listen,
             source,
         })?;
+        let credentials = Credentials::new(config.login.clone(), config.loaded.clone());
         Ok(Agent {
             config,
+            credentials,
             listener,
             sni,
         })
@@ -113,14 +124,16 @@ async fn tunnel(agent: Rc<Agent>, client: Socket) {
     let _ = SockRef::from(client.as_fd()).set_tcp_nodelay(true);
     let config = &agent.config;
 
-    let mut tls = match uring::timeout(config.connect_timeout, open_gateway(config.gateway)).await {
-        Ok(Ok(sock)) => {
-            let conn = match rustls::ClientConnection::new(config.tls.clone(), agent.sni.clone()) {
-                Ok(conn) => conn,
-                Err(err) => return turn_away(&client, &format!("TLS set-up failed: {err}")).await,
-            };
-            TlsSession::new(sock, rustls::Connection::Client(conn))
-        }
+    // Credentials first: an expired certificate is explained here rather than refused,
+    // less legibly, by the gateway.
+    let login = agent.credentials.current();
+    let cert_path = &agent.credentials.files().cert;
+    if let Some(why) = login.unusable_at(time::OffsetDateTime::now_utc(), cert_path) {
+        return turn_away(&client, &why).await;
+    }
+
+    let sock = match uring::timeout(config.connect_timeout, open_gateway(config.gateway)).await {
+        Ok(Ok(sock)) => sock,
         Ok(Err(err)) => {
             let why = format!("cannot reach the gateway at {}: {err}", config.gateway);
             return turn_away(&client, &why).await;
@@ -130,24 +143,41 @@ async fn tunnel(agent: Rc<Agent>, client: Socket) {
             return turn_away(&client, &why).await;
         }
     };
-
-    match uring::timeout(config.handshake_timeout, tls.handshake()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => return turn_away(&client, &handshake_message(&err)).await,
-        Err(uring::Elapsed) => {
-            return turn_away(
-                &client,
-                "the gateway did not finish the TLS handshake in time",
-            )
-            .await;
-        }
-    }
+    let conn = match UnbufferedClientConnection::new(login.tls.clone(), agent.sni.clone()) {
+        Ok(conn) => conn,
+        Err(err) => return turn_away(&client, &format!("TLS set-up failed: {err}")).await,
+    };
+    let established =
+        match uring::timeout(config.handshake_timeout, handshake::handshake(sock, conn)).await {
+            Ok(Ok(established)) => established,
+            Ok(Err(err)) => return turn_away(&client, &handshake_message(&err)).await,
+            Err(uring::Elapsed) => {
+                return turn_away(
+                    &client,
+                    "the gateway did not finish the TLS handshake in time",
+                )
+                .await;
+            }
+        };
+    let mut records = match RecordLayer::new(established.secrets, established.kernel) {
+        Ok(records) => records,
+        Err(err) => return turn_away(&client, &format!("TLS hand-off failed: {err}")).await,
+    };
 
     let stop = StopSignal::default();
-    let (end, stats) = pump::pump(&mut tls, &client, &stop).await;
+    let (end, stats) = pump::pump(&established.sock, &mut records, &client, &stop).await;
     match end {
+        // In TLS 1.3 the client's handshake is over before the gateway has looked at the
+        // certificate, so a refusal arrives as an alert on the first read. Nothing has
+        // reached the client yet: it can still be told why.
+        PumpEnd::Failed {
+            side: Side::Tls,
+            error: PumpError::Record(RecordError::PeerAlert(alert)),
+        } if stats.from_tls == 0 => {
+            turn_away(&client, &refusal_message(alert, &login)).await;
+        }
         PumpEnd::Failed { side, error } => {
-            tracing::debug!(?side, error, "tunnel failed");
+            tracing::debug!(?side, error = %error, "tunnel failed");
         }
         end => tracing::debug!(
             ?end,
@@ -155,6 +185,30 @@ async fn tunnel(agent: Rc<Agent>, client: Socket) {
             bytes.down = stats.from_tls,
             "tunnel closed"
         ),
+    }
+}
+
+/// Explains the gateway's refusal of a completed handshake (a TLS alert, RFC 8446
+/// section 6.2 numbering).
+fn refusal_message(alert: u8, login: &Loaded) -> String {
+    match alert {
+        44 => format!(
+            "the gateway refused the login certificate for {:?}: it has been revoked; \
+             ask for a new one (pgtunnel ca issue)",
+            login.user
+        ),
+        45 => format!(
+            "the gateway refused the login certificate for {:?} as expired or not yet valid \
+             (valid until {}); check the clocks, or ask for a new one (pgtunnel ca issue)",
+            login.user,
+            crate::audit::format_ts(login.not_after)
+        ),
+        42 | 43 | 48 => format!(
+            "the gateway does not accept the login certificate for {:?} (TLS alert {alert}); \
+             it may come from another CA",
+            login.user
+        ),
+        other => format!("the gateway refused the connection (TLS alert {other})"),
     }
 }
 
@@ -176,15 +230,21 @@ fn handshake_message(err: &HandshakeError) -> String {
         HandshakeError::Tls(err) => format!("TLS handshake with the gateway failed: {err}"),
         HandshakeError::Eof => "the gateway closed the connection during the handshake".into(),
         HandshakeError::Io(err) => format!("connection to the gateway failed: {err}"),
+        HandshakeError::Protocol(what) => format!("TLS handshake with the gateway failed: {what}"),
     }
 }
 
-/// Answers the client with a PostgreSQL ErrorResponse and closes. libpq shows it for an
-/// SSLRequest as well as for a StartupMessage, so psql prints our explanation.
+/// Answers the client with a PostgreSQL ErrorResponse (FATAL, 28000) and closes.
+///
+/// psql prints the message in full when it is not asking for TLS (sslmode=disable, or
+/// the tunnel's usual set-up with TLS to PostgreSQL switched off). When psql asks for
+/// TLS, current libpq (since the fix for CVE-2024-10977) does not trust any text sent
+/// before TLS and prints only "server sent an error response during SSL exchange"; the
+/// full reason is then in this agent's log, which is why it is logged at warn.
 async fn turn_away(client: &Socket, why: &str) {
     tracing::warn!(reason = why, "tunnel not opened");
     let message = format!("pgtunnel: {why}");
-    let response = wire::fatal_error(SqlState::REJECTED_CONNECTION, &message, None);
+    let response = wire::fatal_error(SqlState::INVALID_AUTHORIZATION, &message, None);
     let len = response.len();
     let send = uring::send_all(client.as_raw_fd(), response, 0..len);
     let _ = uring::timeout(Duration::from_secs(1), send).await;

@@ -49,6 +49,10 @@ pub enum DenyReason {
     UpstreamUnavailable,
     /// Too many sessions or handshakes in flight on this worker.
     Overloaded,
+    /// The certificate's validity period is longer than `max_cert_lifetime`.
+    LifetimeExceedsMax,
+    /// The certificate is on the CA's revocation list.
+    Revoked,
 }
 
 /// Why an authorized session ended.
@@ -65,6 +69,12 @@ pub enum CloseReason {
     UpstreamError,
     /// The gateway was shutting down and the drain timeout passed.
     Shutdown,
+    /// The login certificate expired (plus `cert_expiry_grace`) while the session ran.
+    CertExpired,
+    /// The login certificate was revoked while the session ran.
+    Revoked,
+    /// A reloaded policy no longer allows this identity on this service.
+    PolicyChanged,
 }
 
 /// One line of the audit log.

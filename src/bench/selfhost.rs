@@ -31,6 +31,8 @@ const BENCH_GROUP: &str = "bench";
 pub const ECHO_SERVICE: &str = "echo";
 pub const PG_SERVICE: &str = "pg";
 
+/// The gateway's default ticket key rotation (docs/config.md), mirrored by the terminator.
+const TICKET_ROTATION: Duration = Duration::from_secs(3600);
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -76,12 +78,15 @@ impl Pki {
         })
     }
 
-    /// The gateway's rustls server configuration, for the in-process terminator.
+    /// The gateway's rustls server configuration with its default session tickets,
+    /// for the in-process terminator.
     pub fn server_config(&self) -> anyhow::Result<rustls::ServerConfig> {
         let chain = crate::pki::load_certs(&self.server_cert)?;
         let key = crate::pki::load_private_key(&self.server_key)?;
         let roots = tls::load_roots(&self.ca)?;
-        Ok(tls::server_config(chain, key, roots)?)
+        let ticketer = tls::tickets::RotatingTicketer::random(TICKET_ROTATION)
+            .context("making session ticket keys")?;
+        Ok(tls::server_config(chain, key, roots, Vec::new(), Some(Arc::new(ticketer)))?)
     }
 }
 

@@ -91,20 +91,16 @@ fn terminator(
     Ok((server, route))
 }
 
-/// Two terminators from the same PKI: without tickets (like the gateway), with tickets.
+/// The direct TLS baseline: a terminator configured like the gateway (session tickets
+/// included), reached once by a client that never resumes and once by one that does.
 fn terminators(
     pki: &Pki,
     client: Arc<ClientConfig>,
     cpu: Arc<ThreadGroup>,
 ) -> anyhow::Result<(Vec<Server>, Route, Route)> {
-    let full = pki.server_config()?;
-    let mut resumable = full.clone();
-    // rustls' default: two tickets after each full handshake, kept in its in-memory
-    // session cache.
-    resumable.send_tls13_tickets = 2;
-    let (s1, direct) = terminator(full, client.clone(), DIRECT, cpu.clone())?;
-    let (s2, direct_resumable) = terminator(resumable, client, DIRECT, cpu)?;
-    Ok((vec![s1, s2], direct, direct_resumable))
+    let (server, direct) = terminator(pki.server_config()?, client, DIRECT, cpu)?;
+    let resumable = direct.clone();
+    Ok((vec![server], direct, resumable))
 }
 
 fn self_hosted(workers: usize, with_pg: bool, cpu: Arc<ThreadGroup>) -> anyhow::Result<Env> {

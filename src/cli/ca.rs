@@ -79,6 +79,29 @@ pub enum CaCommand {
         /// A PEM file with one or more certificates.
         file: PathBuf,
     },
+    /// Revoke a certificate: add it to the CA's signed CRL (DIR/crl.pem), which the
+    /// gateway (`crl = ...`) and PostgreSQL (`ssl_crl_file`) read.
+    Revoke {
+        /// The CA folder made by `pgtunnel ca init`.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The serial to revoke, in hex (as `pgtunnel ca show` and the audit log print it).
+        #[arg(long, conflicts_with = "cert", required_unless_present_any = ["cert", "refresh"])]
+        serial: Option<String>,
+        /// The certificate to revoke (its serial is read from the file).
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        /// Why: an RFC 5280 reason (key-compromise, superseded, affiliation-changed,
+        /// cessation-of-operation, privilege-withdrawn) or free text for DIR/revocations.jsonl.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Only re-sign the CRL with a fresh next-update (run it before the CRL goes stale).
+        #[arg(long, conflicts_with_all = ["serial", "cert"])]
+        refresh: bool,
+        /// How long the CRL stays valid; PostgreSQL refuses every client after that.
+        #[arg(long, default_value = "30d")]
+        next_update: String,
+    },
 }
 
 pub fn run(args: CaArgs) -> anyhow::Result<()> {
@@ -100,7 +123,65 @@ pub fn run(args: CaArgs) -> anyhow::Result<()> {
             out,
         } => server(&dir, &dns, &ip, &ttl, &out),
         CaCommand::Show { file } => show(&file),
+        CaCommand::Revoke {
+            dir,
+            serial,
+            cert,
+            reason,
+            refresh: _,
+            next_update,
+        } => revoke(
+            &dir,
+            serial,
+            cert.as_deref(),
+            reason.as_deref(),
+            &next_update,
+        ),
     }
+}
+
+fn revoke(
+    dir: &Path,
+    serial: Option<String>,
+    cert: Option<&Path>,
+    reason: Option<&str>,
+    next_update: &str,
+) -> anyhow::Result<()> {
+    let validity = match humantime::parse_duration(next_update) {
+        Ok(d) if !d.is_zero() => d,
+        _ => {
+            return Err(UsageError::new(format!(
+                "--next-update {next_update:?}: expected a duration longer than zero, e.g. 30d"
+            )));
+        }
+    };
+    let serial = match (serial, cert) {
+        (Some(serial), _) => Some(serial),
+        (None, Some(path)) => {
+            let chain = pki::load_certs(path).map_err(|err| UsageError::new(err.to_string()))?;
+            let identity = pki::Identity::from_der(chain[0].as_ref())
+                .map_err(|err| UsageError::new(format!("{}: {err}", path.display())))?;
+            Some(identity.serial_hex)
+        }
+        (None, None) => None,
+    };
+    let outcome =
+        pki::crl::revoke(dir, serial.as_deref(), reason, validity).map_err(|err| match err {
+            pki::PkiError::InvalidName { .. } => UsageError::new(err.to_string()),
+            other => anyhow::Error::new(other).context("updating the CRL"),
+        })?;
+    match (&serial, outcome.already_listed) {
+        (Some(serial), false) => println!("revoked serial {serial}"),
+        (Some(serial), true) => println!("serial {serial} was already revoked; CRL re-signed"),
+        (None, _) => println!("CRL re-signed"),
+    }
+    println!(
+        "{}: CRL number {}, {} revoked certificate(s)",
+        outcome.path.display(),
+        outcome.number,
+        outcome.revoked
+    );
+    Ok(())
 }
 
 fn init(dir: &Path, name: Option<&str>, ttl: &str) -> anyhow::Result<()> {
@@ -139,14 +220,21 @@ fn issue(
 ) -> anyhow::Result<()> {
     // Check the flags first, so a typo is reported before any file is touched.
     check_flag("--user", pki::validate_user(user))?;
-    for group in groups {
+    for (i, group) in groups.iter().enumerate() {
         check_flag("--group", pki::validate_group(group))?;
+        if groups[..i].contains(group) {
+            return Err(UsageError::new(format!(
+                "--group {group:?}: given more than once"
+            )));
+        }
     }
     let ttl_value = parse_ttl(ttl)?;
     let validity = match not_before {
         Some(text) => Validity::starting_at(parse_time("--not-before", text)?, ttl_value),
         None => Validity::starting_now(ttl_value),
     };
+
+    check_out(out)?;
 
     let ca = load_ca(dir)?;
     let cert = ca
@@ -181,6 +269,7 @@ fn server(dir: &Path, dns: &[String], ip: &[String], ttl: &str, out: &Path) -> a
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let validity = Validity::starting_now(parse_ttl(ttl)?);
+    check_out(out)?;
 
     let ca = load_ca(dir)?;
     let cert = ca
@@ -287,6 +376,19 @@ fn load_ca(dir: &Path) -> anyhow::Result<Ca> {
         PkiError::CaMissing { .. } => UsageError::new(format!("--dir: {err}")),
         other => anyhow::Error::new(other).context("loading the CA"),
     })
+}
+
+/// `--out` is a prefix that ".crt" and ".key" are appended to; a folder would give
+/// hidden files named ".crt" and ".key", which is never what was meant.
+fn check_out(out: &Path) -> anyhow::Result<()> {
+    let text = out.as_os_str().as_encoded_bytes();
+    if text.is_empty() || text.ends_with(b"/") || out.is_dir() {
+        return Err(UsageError::new(format!(
+            "--out {:?}: is a folder; give a file name prefix such as certs/alice",
+            out.display().to_string()
+        )));
+    }
+    Ok(())
 }
 
 /// A duration flag: a number and a unit (s, m, h, d; humantime also takes forms such as

@@ -4,15 +4,12 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 
 use super::UsageError;
-use crate::agent::{Agent, AgentConfig};
-use crate::pki::{self, Identity};
-use crate::tls;
+use crate::agent::{Agent, AgentConfig, LoginFiles};
 
 #[derive(Debug, Args)]
 pub struct ConnectArgs {
@@ -51,52 +48,34 @@ pub fn run(args: ConnectArgs) -> anyhow::Result<()> {
         None => host_part(&args.gateway).to_string(),
     };
 
-    check_login_cert(&args.cert)?;
-    let client_tls = tls::client_config(&args.cert, &args.key, &args.ca, &server_name)
-        .map_err(|err| UsageError::new(err.to_string()))?;
+    let login = LoginFiles {
+        cert: args.cert.clone(),
+        key: args.key.clone(),
+        ca: args.ca.clone(),
+        server_name,
+    };
+    let loaded = login.load().map_err(UsageError::new)?;
+    if let Some(why) = loaded.unusable_at(time::OffsetDateTime::now_utc(), &args.cert) {
+        return Err(UsageError::new(format!("{}: {why}", args.cert.display())));
+    }
 
     let agent = Agent::bind(AgentConfig {
         gateway,
         service: args.service.clone(),
         listen,
-        tls: Arc::new(client_tls),
+        login,
+        loaded,
         connect_timeout: Duration::from_secs(5),
         handshake_timeout: Duration::from_secs(10),
     })
     .map_err(|err| UsageError::new(err.to_string()))?;
     tracing::info!(
-        listen.addr = ?agent.local_addr(),
+        listen.addr = %agent.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         gateway.addr = %gateway,
         service = %args.service,
         "agent listening"
     );
     agent.run()?;
-    Ok(())
-}
-
-/// Refuses to start with a certificate that is expired or not yet valid.
-fn check_login_cert(path: &std::path::Path) -> anyhow::Result<()> {
-    let chain = pki::load_certs(path).map_err(|err| UsageError::new(err.to_string()))?;
-    let identity = Identity::from_der(chain[0].as_ref())
-        .map_err(|err| UsageError::new(format!("{}: {err}", path.display())))?;
-    let now = time::OffsetDateTime::now_utc();
-    let when = crate::audit::format_ts;
-    if now > identity.not_after {
-        return Err(UsageError::new(format!(
-            "{}: login certificate for {:?} expired at {}; ask for a new one (pgtunnel ca issue)",
-            path.display(),
-            identity.user,
-            when(identity.not_after)
-        )));
-    }
-    if now < identity.not_before {
-        return Err(UsageError::new(format!(
-            "{}: login certificate for {:?} is not valid before {}",
-            path.display(),
-            identity.user,
-            when(identity.not_before)
-        )));
-    }
     Ok(())
 }
 

@@ -5,7 +5,7 @@
 //! exactly what `pgtunnel pg-config` prints (`pg::cluster`), starts `pgtunnel gateway`
 //! and `pgtunnel connect` as child processes of this binary, runs psql through the
 //! tunnel, shows the result and the audit records, and prints a psql command line to
-//! try. Then it waits for Ctrl-C (or SIGTERM) and removes everything it started, in
+//! try. Then it waits for Ctrl-C (or SIGTERM, SIGHUP) and removes all it started, in
 //! order: agent, gateway (which writes its last audit records on SIGTERM), cluster,
 //! folder. It owns no part of the tunnel itself; a SIGKILL leaves the children behind.
 
@@ -58,10 +58,16 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             args.listen
         )));
     }
-    // From here on Ctrl-C asks us to clean up instead of killing us; a second Ctrl-C
-    // while cleanup hangs still ends the process at once.
+    // From here on Ctrl-C, SIGTERM or a closed terminal (SIGHUP) asks us to clean up
+    // instead of killing us and leaving the children behind; a second signal while
+    // cleanup hangs still ends the process at once.
     let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+    let signals = [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ];
+    for signal in signals {
         signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&stop))
             .context("installing signal handlers")?;
         signal_hook::flag::register(signal, Arc::clone(&stop))

@@ -62,7 +62,19 @@ pub enum Command {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // clap exits 2 on a bad command line; our contract is 64 (EX_USAGE) for every usage
+    // mistake, so parse errors are printed by clap and mapped here.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return if err.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     let result = match cli.command {
         Command::Ca(args) => ca::run(args),
         Command::PgConfig(args) => pg_config::run(args),

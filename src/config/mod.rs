@@ -69,6 +69,19 @@ pub struct GatewayConfig {
     pub handshake_timeout: Duration,
     pub connect_timeout: Duration,
     pub drain_timeout: Duration,
+    /// Longest validity period (not-after minus not-before) a login certificate may have.
+    pub max_cert_lifetime: Duration,
+    /// The CA's CRL; revoked certificates are refused and their live sessions closed.
+    pub crl: Option<PathBuf>,
+    /// Close live sessions when their login certificate expires (plus the grace period).
+    pub close_on_cert_expiry: bool,
+    pub cert_expiry_grace: Duration,
+    /// Issue TLS 1.3 session tickets so that agents can resume.
+    pub session_tickets: bool,
+    /// Shared master secret for ticket keys (several gateways, restarts); None = random.
+    pub ticket_key_file: Option<PathBuf>,
+    /// How often the ticket key changes; a ticket lives at most twice this.
+    pub ticket_rotation: Duration,
     pub services: Vec<Service>,
 }
 
@@ -121,6 +134,29 @@ impl GatewayConfig {
 
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)
+    }
+}
+
+/// Identifies a version of a file cheaply, for noticing that a certificate, key or CRL
+/// was replaced: a rewrite (even in place, even to the same size) changes the
+/// modification time or the inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    modified: Option<std::time::SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+impl FileStamp {
+    /// The file's current stamp, or None when it cannot be read.
+    pub fn of(path: &Path) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            modified: meta.modified().ok(),
+            len: meta.len(),
+            inode: meta.ino(),
+        })
     }
 }
 
@@ -191,6 +227,23 @@ impl Validator {
             )?,
             connect_timeout: self.duration("gateway.connect_timeout", g.connect_timeout, 5)?,
             drain_timeout: self.duration("gateway.drain_timeout", g.drain_timeout, 30)?,
+            max_cert_lifetime: self.duration(
+                "gateway.max_cert_lifetime",
+                g.max_cert_lifetime,
+                24 * 3600,
+            )?,
+            crl: g.crl.as_deref().map(|p| self.path(p)),
+            close_on_cert_expiry: g.close_on_cert_expiry.unwrap_or(true),
+            cert_expiry_grace: match g.cert_expiry_grace {
+                // Zero is a meaningful grace period, unlike a zero timeout.
+                Some(text) if humantime::parse_duration(&text).is_ok_and(|d| d.is_zero()) => {
+                    Duration::ZERO
+                }
+                other => self.duration("gateway.cert_expiry_grace", other, 0)?,
+            },
+            session_tickets: g.session_tickets.unwrap_or(true),
+            ticket_key_file: g.ticket_key_file.as_deref().map(|p| self.path(p)),
+            ticket_rotation: self.duration("gateway.ticket_rotation", g.ticket_rotation, 3600)?,
             services,
         })
     }

@@ -25,6 +25,13 @@ pub struct RawGateway {
     pub handshake_timeout: Option<String>,
     pub connect_timeout: Option<String>,
     pub drain_timeout: Option<String>,
+    pub max_cert_lifetime: Option<String>,
+    pub crl: Option<String>,
+    pub close_on_cert_expiry: Option<bool>,
+    pub cert_expiry_grace: Option<String>,
+    pub session_tickets: Option<bool>,
+    pub ticket_key_file: Option<String>,
+    pub ticket_rotation: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -6,28 +6,37 @@
 //! Shutdown arrives through an eventfd the main thread writes: the first write stops
 //! accepting and lets sessions finish within `drain_timeout`; the deadline (or a second
 //! write) tells every remaining session to stop, and each still writes its end record.
+//!
+//! A sweep task re-checks live sessions every [`SWEEP_EVERY`]: certificate expiry, the
+//! CRL, and, after a reload, the policy. A session that no longer passes is told to stop
+//! with the reason, which its `session.end` record carries.
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 use slab::Slab;
 use tracing::Instrument;
 
-use super::Shared;
+use super::SharedCell;
+use super::policy::{Decision, authorize};
 use super::session;
 use crate::audit::{AuditSink, CloseReason};
+use crate::pki::Identity;
 use crate::pump::StopSignal;
 use crate::sys::uring::{self, Incoming, Runtime, Socket};
+
+/// How often live sessions are re-checked. A revocation seen by the main thread (which
+/// polls the CRL every 500 ms) thus closes the session well within a second.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
 
 /// Everything a worker thread needs to start.
 pub struct WorkerSetup {
     pub id: usize,
     pub cpu: Option<usize>,
-    pub shared: Arc<Shared>,
+    pub shared: SharedCell,
     pub audit: AuditSink,
     pub listener: socket2::Socket,
     pub wake: OwnedFd,
@@ -37,10 +46,10 @@ pub struct WorkerSetup {
 /// A worker's own state, shared by its tasks (single thread, hence `Rc` and `Cell`).
 pub struct Worker {
     pub id: usize,
-    pub shared: Arc<Shared>,
+    pub shared: SharedCell,
     pub audit: AuditSink,
-    /// Sessions past the handshake (authorized or being decided), by slab key.
-    sessions: RefCell<Slab<Rc<StopSignal>>>,
+    /// Authorized sessions, by slab key, for the sweep and for shutdown.
+    sessions: RefCell<Slab<LiveSession>>,
     /// Connections accepted and not yet finished (including handshakes).
     connections: Cell<usize>,
     handshakes: Cell<usize>,
@@ -67,11 +76,13 @@ pub fn run(setup: WorkerSetup) {
             return;
         }
     };
-    let workers = setup.shared.config.workers.max(1);
+    let config = &setup.shared.load().config;
+    let workers = config.workers.max(1);
+    let (max_sessions, max_handshakes) = (config.max_sessions, config.max_handshakes);
     let worker = Rc::new(Worker {
         id: setup.id,
-        max_connections: share_of(setup.shared.config.max_sessions, workers),
-        max_handshakes: share_of(setup.shared.config.max_handshakes, workers),
+        max_connections: share_of(max_sessions, workers),
+        max_handshakes: share_of(max_handshakes, workers),
         shared: setup.shared,
         audit: setup.audit,
         sessions: RefCell::new(Slab::new()),
@@ -106,6 +117,7 @@ fn session_prefix(worker: usize) -> String {
 
 async fn serve(worker: Rc<Worker>, listener: socket2::Socket, wake: OwnedFd) {
     let wake = Socket::from_owned(wake);
+    uring::spawn(sweep(worker.clone()));
     let mut incoming = Incoming::new(listener.as_raw_fd());
     let mut wake_read = uring::read(wake.as_raw_fd(), Vec::with_capacity(8));
 
@@ -133,7 +145,7 @@ async fn serve(worker: Rc<Worker>, listener: socket2::Socket, wake: OwnedFd) {
     drop(listener);
 
     // Drain: wait for sessions to finish, until the deadline or a second signal.
-    let deadline = Instant::now() + worker.shared.config.drain_timeout;
+    let deadline = Instant::now() + worker.shared.load().config.drain_timeout;
     while worker.connections.get() > 0 && signals < 2 && Instant::now() < deadline {
         let tick = std::pin::pin!(uring::sleep(Duration::from_millis(20)));
         if let Either::Right((res, buf)) = futures_select(tick, &mut wake_read).await {
@@ -148,8 +160,8 @@ async fn serve(worker: Rc<Worker>, listener: socket2::Socket, wake: OwnedFd) {
             sessions = worker.connections.get(),
             "drain timeout: closing sessions"
         );
-        for (_, stop) in worker.sessions.borrow().iter() {
-            stop.stop(CloseReason::Shutdown);
+        for (_, session) in worker.sessions.borrow().iter() {
+            session.stop.stop(CloseReason::Shutdown);
         }
         let deadline = Instant::now() + Duration::from_secs(2);
         while worker.connections.get() > 0 && Instant::now() < deadline {
@@ -178,10 +190,22 @@ impl Worker {
         );
     }
 
-    /// Registers a session so that shutdown can reach it; unregisters on drop.
-    pub fn register(self: &Rc<Self>) -> Registration {
+    /// Registers an authorized session so that the sweep and shutdown can reach it;
+    /// unregisters on drop. `generation` is that of the state it was authorized under.
+    pub fn register(
+        self: &Rc<Self>,
+        identity: &Identity,
+        service: &str,
+        generation: u64,
+    ) -> Registration {
         let stop = Rc::new(StopSignal::default());
-        let key = self.sessions.borrow_mut().insert(stop.clone());
+        let session = LiveSession {
+            stop: stop.clone(),
+            identity: identity.clone(),
+            service: service.to_string(),
+            generation: Cell::new(generation),
+        };
+        let key = self.sessions.borrow_mut().insert(session);
         Registration {
             worker: self.clone(),
             key,
@@ -196,6 +220,58 @@ impl Worker {
             worker: self.clone(),
         }
     }
+}
+
+/// What the sweep needs to know about a live session.
+struct LiveSession {
+    stop: Rc<StopSignal>,
+    identity: Identity,
+    service: String,
+    /// The `Shared::generation` this session was last checked against.
+    generation: Cell<u64>,
+}
+
+/// Re-checks every live session against the clock and the current shared state.
+async fn sweep(worker: Rc<Worker>) {
+    loop {
+        uring::sleep(SWEEP_EVERY).await;
+        let shared = worker.shared.load();
+        let now = time::OffsetDateTime::now_utc();
+        for (_, session) in worker.sessions.borrow().iter() {
+            if session.stop.reason().is_some() {
+                continue;
+            }
+            if let Some(reason) = recheck(session, &shared, now) {
+                tracing::info!(user = %session.identity.user, reason = ?reason, "closing live session");
+                session.stop.stop(reason);
+            }
+            session.generation.set(shared.generation);
+        }
+    }
+}
+
+fn recheck(
+    session: &LiveSession,
+    shared: &super::Shared,
+    now: time::OffsetDateTime,
+) -> Option<CloseReason> {
+    let config = &shared.config;
+    let grace = time::Duration::try_from(config.cert_expiry_grace).unwrap_or(time::Duration::ZERO);
+    if config.close_on_cert_expiry && now >= session.identity.not_after + grace {
+        return Some(CloseReason::CertExpired);
+    }
+    if shared.is_revoked(&session.identity.serial_hex) {
+        return Some(CloseReason::Revoked);
+    }
+    if session.generation.get() != shared.generation {
+        let allowed = config
+            .service(&session.service)
+            .is_some_and(|service| authorize(&session.identity, service) == Decision::Allow);
+        if !allowed {
+            return Some(CloseReason::PolicyChanged);
+        }
+    }
+    None
 }
 
 pub struct Registration {

@@ -137,6 +137,11 @@ impl Ca {
         &self.cert_der
     }
 
+    /// The signing half, for the CRL (`crl::revoke`).
+    pub(crate) fn issuer(&self) -> &Issuer<'static, KeyPair> {
+        &self.issuer
+    }
+
     /// When the root expires; nothing it issues may outlive it.
     pub fn not_after(&self) -> time::OffsetDateTime {
         self.not_after

@@ -70,10 +70,10 @@ pub(crate) fn mode(path: &Path) -> Result<u32, PkiError> {
     Ok(meta.permissions().mode() & 0o7777)
 }
 
-pub(crate) fn io_error(path: &Path, source: std::io::Error) -> PkiError {
+pub(crate) fn io_error(path: &Path, err: std::io::Error) -> PkiError {
     PkiError::Io {
         path: path.to_owned(),
-        source,
+        err,
     }
 }
 
@@ -94,7 +94,7 @@ fn create_temp_sibling(path: &Path, contents: &[u8], mode: u32) -> Result<PathBu
         match create_new(&temp, contents, mode) {
             Ok(()) => return Ok(temp),
             Err(PkiError::Exists { .. }) => continue,
-            Err(PkiError::Io { source, .. }) => return Err(io_error(path, source)),
+            Err(PkiError::Io { err, .. }) => return Err(io_error(path, err)),
             Err(other) => return Err(other),
         }
     }

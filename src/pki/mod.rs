@@ -11,6 +11,7 @@
 //! docs/certificates.md: one subject OU attribute per group, after which comes the CN.
 
 mod ca;
+pub mod crl;
 mod der;
 mod files;
 mod identity;
@@ -42,12 +43,10 @@ pub const CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(5 * 6
 /// names the file it is about when there is one.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    // The I/O error is part of the message rather than a `source`, so that a report
+    // that prints the whole chain does not repeat it.
+    #[error("{}: {err}", path.display())]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("{}: already exists; refusing to overwrite it", path.display())]
     Exists { path: PathBuf },
     #[error(
@@ -79,9 +78,15 @@ pub enum PkiError {
     #[error("certificate lifetime: {0}")]
     InvalidValidity(String),
     #[error("generating certificate: {0}")]
-    Generate(#[from] rcgen::Error),
+    Generate(rcgen::Error),
     #[error("the system random number generator failed")]
     Random,
+}
+
+impl From<rcgen::Error> for PkiError {
+    fn from(err: rcgen::Error) -> PkiError {
+        PkiError::Generate(err)
+    }
 }
 
 /// When a certificate is valid: `[not_before, not_after]`, both inclusive as in RFC 5280.

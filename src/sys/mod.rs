@@ -5,4 +5,5 @@
 
 pub mod affinity;
 pub mod fd;
+pub mod net;
 pub mod uring;

@@ -17,7 +17,14 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls_pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
+
+pub mod client_hello;
+pub mod handshake;
+pub mod record;
+pub mod tickets;
 
 use crate::audit::DenyReason;
 use crate::pki;
@@ -73,19 +80,33 @@ pub fn server_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     client_roots: RootCertStore,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+    ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>,
 ) -> Result<ServerConfig, rustls::Error> {
     let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(client_roots), provider.clone())
-        .build()
-        .map_err(|err| rustls::Error::General(err.to_string()))?;
+    // With a CRL, a certificate whose revocation status it cannot establish (issued by
+    // another CA in client_ca than the CRL's) is refused: fail closed.
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(client_roots), provider.clone())
+            .with_crls(crls)
+            .build()
+            .map_err(|err| rustls::Error::General(err.to_string()))?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![ALPN_PGTUNNEL.to_vec()];
-    // libpq never resumes, and the agent does not yet either: tickets would be wasted
-    // work on every handshake (docs/limitations.md).
-    config.send_tls13_tickets = 0;
+    // The record layer after the handshake is ours (or the kernel's): rustls must hand
+    // over the traffic secrets.
+    config.enable_secret_extraction = true;
+    // One ticket per connection is all an agent needs to resume its next tunnel.
+    match ticketer {
+        Some(ticketer) => {
+            config.ticketer = ticketer;
+            config.send_tls13_tickets = 1;
+        }
+        None => config.send_tls13_tickets = 0,
+    }
     Ok(config)
 }
 
@@ -118,6 +139,7 @@ pub fn client_config(
         .with_client_auth_cert(chain, private_key)
         .map_err(|err| cert_key_error(cert, key, err))?;
     config.alpn_protocols = vec![ALPN_PGTUNNEL.to_vec()];
+    config.enable_secret_extraction = true;
     Ok(config)
 }
 
@@ -195,6 +217,7 @@ pub fn deny_reason(err: &rustls::Error) -> DenyReason {
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
                 DenyReason::CertNotYetValid
             }
+            CertificateError::Revoked => DenyReason::Revoked,
             _ => DenyReason::BadCert,
         },
         _ => DenyReason::HandshakeFailed,

@@ -11,8 +11,10 @@
 //!
 //! Resumed handshakes are measured wherever the target offers resumption: a probe
 //! makes a full handshake with a client that keeps tickets and checks whether the next
-//! one resumes. The gateway deliberately sends no tickets today (libpq never resumes;
-//! see docs/limitations.md), so it is reported as "resumption not offered by target".
+//! one resumes. The gateway issues tickets unless `session_tickets = false`; a target
+//! that issues none is reported as "resumption not offered by target". Full handshakes
+//! use a client that never resumes, so the server still pays for issuing its ticket,
+//! as it does for every new agent.
 
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -29,9 +31,9 @@ const RESUMED: &str = " (resumed)";
 
 /// The routes a handshake run can have.
 pub struct HandshakeRoutes {
-    /// The in-process TLS terminator without tickets (full handshakes).
+    /// The in-process TLS terminator, for full handshakes.
     pub direct: Option<Route>,
-    /// The same terminator offering tickets, for the resumed baseline.
+    /// The terminator to probe and use for the resumed baseline.
     pub direct_resumable: Option<Route>,
     pub gateway: Option<Route>,
     pub agent: Option<Route>,
