@@ -140,6 +140,24 @@ impl PgSession {
     }
 }
 
+/// When a reply that should have been echoed data starts with `E`, the agent or the
+/// gateway may have refused the session in PostgreSQL's words (an ErrorResponse). Reads
+/// the rest of that message (bounded) and returns its text, or `None` if it is not one.
+pub fn refusal(first: u8, rest: &mut impl Read) -> Option<String> {
+    if first != b'E' {
+        return None;
+    }
+    let mut len = [0u8; 4];
+    rest.read_exact(&mut len).ok()?;
+    let len = usize::try_from(i32::from_be_bytes(len)).ok()?;
+    if !(5..=64 * 1024).contains(&len) {
+        return None;
+    }
+    let mut body = vec![0u8; len - 4];
+    rest.read_exact(&mut body).ok()?;
+    Some(error_text(&body))
+}
+
 fn startup_message(user: &str, database: &str) -> Vec<u8> {
     let mut body = PROTOCOL_3_0.to_be_bytes().to_vec();
     for (key, value) in [

@@ -53,6 +53,9 @@ impl Pki {
         let ca_dir = dir.join("ca");
         let ca = Ca::init(&ca_dir).context("creating the bench CA")?;
         let day = Validity::starting_now(Duration::from_secs(24 * 3600));
+        // Login certificates are short-lived; the gateway refuses long ones
+        // (max_cert_lifetime), so this one is like any user's.
+        let login_ttl = Validity::starting_now(Duration::from_secs(8 * 3600));
         let server = ca
             .issue_server(
                 &["localhost".to_owned()],
@@ -64,7 +67,7 @@ impl Pki {
             .write(&dir.join("server"))
             .context("writing the server certificate")?;
         let login = ca
-            .issue_login(BENCH_USER, &[BENCH_GROUP.to_owned()], day)
+            .issue_login(BENCH_USER, &[BENCH_GROUP.to_owned()], login_ttl)
             .context("issuing the login certificate")?;
         let (login_cert, login_key) = login
             .write(&dir.join(BENCH_USER))

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::{Context, Route, Spec, measure, metric, size_label};
 use crate::bench::load::{Live, Pacing, RealClock, Tally, Window, Worker, drive};
 use crate::bench::net::Conn;
+use crate::bench::pgwire::refusal;
 use crate::bench::results::{ScenarioResult, Unit};
 
 pub fn run(ctx: &Context, routes: &[Route], size: usize) -> anyhow::Result<ScenarioResult> {
@@ -95,7 +96,15 @@ fn round_trip(conn: &mut Conn, message: &[u8], reply: &mut [u8]) -> Result<(), S
     conn.write_all(message)
         .and_then(|()| conn.flush())
         .map_err(|e| format!("sending: {e}"))?;
-    conn.read_exact(reply)
+    conn.read_exact(&mut reply[..1])
+        .map_err(|e| format!("receiving: {e}"))?;
+    if reply[0] != message[0] {
+        return Err(match refusal(reply[0], conn) {
+            Some(text) => format!("session refused: {text}"),
+            None => "the echo differs from what was sent".to_owned(),
+        });
+    }
+    conn.read_exact(&mut reply[1..])
         .map_err(|e| format!("receiving: {e}"))?;
     if reply != message {
         return Err("the echo differs from what was sent".into());

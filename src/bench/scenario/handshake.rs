@@ -24,6 +24,7 @@ use rustls::HandshakeKind;
 use super::{Context, DIRECT, Route, Spec, measure, metric};
 use crate::bench::load::{Live, Pacing, RealClock, Tally, Window, Worker, drive};
 use crate::bench::net::Connector;
+use crate::bench::pgwire::refusal;
 use crate::bench::results::{ScenarioResult, Unit};
 
 /// Suffix of a route that resumes sessions.
@@ -173,7 +174,10 @@ fn ping(conn: &mut impl ReadWriteShut) -> Result<(), String> {
     conn.read_exact(&mut one)
         .map_err(|e| format!("receiving: {e}"))?;
     if one != *b"h" {
-        return Err("the echo differs from what was sent".into());
+        return Err(match refusal(one[0], conn) {
+            Some(text) => format!("session refused: {text}"),
+            None => "the echo differs from what was sent".to_owned(),
+        });
     }
     Ok(())
 }
