@@ -4,11 +4,13 @@
 //! (EX_USAGE), anything else exit code 1.
 
 pub mod audit;
+pub mod bench;
 pub mod ca;
 pub mod connect;
 pub mod demo;
 pub mod gateway;
 pub mod pg_config;
+pub mod report;
 
 use std::process::ExitCode;
 
@@ -56,6 +58,10 @@ pub enum Command {
     Audit(audit::AuditArgs),
     /// Show the whole flow on a throwaway PostgreSQL cluster.
     Demo(demo::DemoArgs),
+    /// Measure handshakes, round trips, throughput and queries, tunnel against direct.
+    Bench(Box<bench::BenchArgs>),
+    /// Render bench results (JSON) into one self-contained HTML report.
+    Report(report::ReportArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -79,6 +85,8 @@ pub fn main() -> ExitCode {
         Command::Connect(args) => connect::run(args),
         Command::Audit(args) => audit::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Bench(args) => bench::run(*args),
+        Command::Report(args) => report::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,305 @@
+//! CPU accounting for the bench: how much CPU the load generator, the targets and the
+//! rest of the machine used while a round ran.
+//!
+//! Everything comes from `/proc`, so no `unsafe` is needed here:
+//! - per thread and per process: `/proc/<pid>/task/<tid>/schedstat` (proc(5)), which
+//!   gives nanoseconds on the CPU and nanoseconds spent runnable but waiting for a CPU.
+//!   This is the scheduler's exact `sum_exec_runtime`, the same clock `getrusage(2)`
+//!   derives its user+system total from, but per thread and in nanoseconds rather than
+//!   split into coarse user/system ticks. The run-queue wait is a bonus: it shows how
+//!   much the processes fought over the cores.
+//! - for the whole machine: the `cpu` line of `/proc/stat`, in USER_HZ ticks (fixed at
+//!   100 per second on Linux), to see what other processes used meanwhile.
+//!
+//! A process's total is the sum over its live threads, so CPU used by a thread that
+//! exited during a round is lost; the gateway and agent keep their threads for their
+//! whole life. Threads of our own that come and go (the in-process servers) are tracked
+//! by `ThreadGroup`, which keeps the CPU of threads that have ended.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io;
+use std::ops::{Add, Sub};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+/// USER_HZ, the unit of `/proc/stat`: 100 on every Linux architecture we build for.
+const USER_HZ: u64 = 100;
+
+/// CPU time of a thread or a set of threads, in nanoseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuTime {
+    /// Time on a CPU (user and system).
+    pub run_ns: u64,
+    /// Time runnable but waiting for a CPU.
+    pub wait_ns: u64,
+}
+
+impl Add for CpuTime {
+    type Output = CpuTime;
+    fn add(self, other: CpuTime) -> CpuTime {
+        CpuTime {
+            run_ns: self.run_ns + other.run_ns,
+            wait_ns: self.wait_ns + other.wait_ns,
+        }
+    }
+}
+
+impl Sub for CpuTime {
+    type Output = CpuTime;
+    /// Saturating: a thread that vanished between two samples must not wrap around.
+    fn sub(self, other: CpuTime) -> CpuTime {
+        CpuTime {
+            run_ns: self.run_ns.saturating_sub(other.run_ns),
+            wait_ns: self.wait_ns.saturating_sub(other.wait_ns),
+        }
+    }
+}
+
+/// The calling thread's CPU time so far.
+pub fn thread_self() -> io::Result<CpuTime> {
+    read_schedstat("/proc/thread-self/schedstat")
+}
+
+/// The sum over all live threads of process `pid`.
+pub fn process(pid: u32) -> io::Result<CpuTime> {
+    let mut total = CpuTime::default();
+    for entry in fs::read_dir(format!("/proc/{pid}/task"))? {
+        let path = entry?.path().join("schedstat");
+        // A thread may end between listing and reading; it simply drops out.
+        if let Ok(t) = read_schedstat(&path.to_string_lossy()) {
+            total = total + t;
+        }
+    }
+    Ok(total)
+}
+
+/// Time all CPUs of the machine spent, by kind, in nanoseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineCpu {
+    /// user, nice, system, irq and softirq time.
+    pub busy_ns: u64,
+    /// idle and iowait time.
+    pub idle_ns: u64,
+    /// Time the hypervisor gave our virtual CPUs to someone else.
+    pub steal_ns: u64,
+}
+
+impl Sub for MachineCpu {
+    type Output = MachineCpu;
+    fn sub(self, other: MachineCpu) -> MachineCpu {
+        MachineCpu {
+            busy_ns: self.busy_ns.saturating_sub(other.busy_ns),
+            idle_ns: self.idle_ns.saturating_sub(other.idle_ns),
+            steal_ns: self.steal_ns.saturating_sub(other.steal_ns),
+        }
+    }
+}
+
+/// The machine-wide totals from the first line of `/proc/stat`.
+pub fn machine() -> io::Result<MachineCpu> {
+    parse_proc_stat(&fs::read_to_string("/proc/stat")?)
+}
+
+fn parse_proc_stat(text: &str) -> io::Result<MachineCpu> {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .ok_or_else(|| bad_data("/proc/stat has no `cpu` line"))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    if fields.len() < 8 {
+        return Err(bad_data("/proc/stat `cpu` line has fewer than 8 fields"));
+    }
+    let tick_ns = 1_000_000_000 / USER_HZ;
+    // Columns (proc(5)): user nice system idle iowait irq softirq steal [guest ...].
+    // Guest time is already included in user, so it is not added again.
+    let busy = fields[0] + fields[1] + fields[2] + fields[5] + fields[6];
+    Ok(MachineCpu {
+        busy_ns: busy * tick_ns,
+        idle_ns: (fields[3] + fields[4]) * tick_ns,
+        steal_ns: fields[7] * tick_ns,
+    })
+}
+
+fn read_schedstat(path: &str) -> io::Result<CpuTime> {
+    parse_schedstat(&fs::read_to_string(path)?)
+}
+
+/// `schedstat` holds three numbers: ns on the CPU, ns waiting on a run queue, and the
+/// number of time slices.
+fn parse_schedstat(text: &str) -> io::Result<CpuTime> {
+    let mut fields = text.split_whitespace().map(str::parse::<u64>);
+    match (fields.next(), fields.next()) {
+        (Some(Ok(run_ns)), Some(Ok(wait_ns))) => Ok(CpuTime { run_ns, wait_ns }),
+        _ => Err(bad_data("schedstat is not two numbers")),
+    }
+}
+
+fn bad_data(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.to_owned())
+}
+
+/// A set of our own threads whose CPU is counted together, including threads that
+/// have already ended (the in-process servers start and end threads with connections).
+#[derive(Debug, Default)]
+pub struct ThreadGroup {
+    inner: Mutex<GroupState>,
+}
+
+#[derive(Debug, Default)]
+struct GroupState {
+    /// CPU time of members that have left.
+    retired: CpuTime,
+    /// Thread ids of current members.
+    live: HashSet<u32>,
+}
+
+/// Membership of the calling thread in a `ThreadGroup`; leaving (drop) banks its CPU.
+#[derive(Debug)]
+pub struct Member {
+    group: Arc<ThreadGroup>,
+    tid: Option<u32>,
+}
+
+impl ThreadGroup {
+    pub fn new() -> Arc<ThreadGroup> {
+        Arc::new(ThreadGroup::default())
+    }
+
+    /// Adds the calling thread until the returned value is dropped (on that thread).
+    pub fn enter(self: &Arc<Self>) -> Member {
+        let tid = current_tid();
+        if let Some(tid) = tid {
+            self.state().live.insert(tid);
+        }
+        Member {
+            group: Arc::clone(self),
+            tid,
+        }
+    }
+
+    /// CPU used by every thread that has been a member, up to now.
+    pub fn total(&self) -> CpuTime {
+        let state = self.state();
+        let mut total = state.retired;
+        for tid in &state.live {
+            if let Ok(t) = read_schedstat(&format!("/proc/self/task/{tid}/schedstat")) {
+                total = total + t;
+            }
+        }
+        total
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, GroupState> {
+        // A panic while holding this lock leaves only plain numbers behind; keep going.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let Some(tid) = self.tid else { return };
+        // Read and move under one lock, so `total` never counts this thread twice or
+        // not at all.
+        let mut state = self.group.state();
+        if let Ok(t) = thread_self() {
+            state.retired = state.retired + t;
+        }
+        state.live.remove(&tid);
+    }
+}
+
+/// The kernel thread id of the calling thread, from the `/proc/thread-self` link
+/// ("<pid>/task/<tid>").
+fn current_tid() -> Option<u32> {
+    let link = fs::read_link("/proc/thread-self").ok()?;
+    link.file_name()?.to_str()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// Spins until this thread has used `cpu` of CPU time by its own account, or
+    /// `limit` of wall time has passed (the machine may be busy with other work).
+    fn spin_cpu(cpu: Duration, limit: Duration) -> CpuTime {
+        let start = Instant::now();
+        let before = thread_self().unwrap();
+        let mut x = 0u64;
+        loop {
+            for _ in 0..10_000 {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+            let used = thread_self().unwrap() - before;
+            if used.run_ns >= cpu.as_nanos() as u64 || start.elapsed() > limit {
+                return used;
+            }
+        }
+    }
+
+    #[test]
+    fn schedstat_parses_run_and_wait_nanoseconds() {
+        let t = parse_schedstat("769172892 246281562 161\n").unwrap();
+        assert_eq!(t.run_ns, 769_172_892, "run time");
+        assert_eq!(t.wait_ns, 246_281_562, "run-queue wait");
+        assert!(
+            parse_schedstat("garbage").is_err(),
+            "garbage must be an error"
+        );
+    }
+
+    #[test]
+    fn proc_stat_cpu_line_is_split_into_busy_idle_and_steal() {
+        let text = "cpu  100 5 50 1000 20 3 2 7 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n";
+        let m = parse_proc_stat(text).unwrap();
+        assert_eq!(m.busy_ns, 160 * 10_000_000, "user+nice+system+irq+softirq");
+        assert_eq!(m.idle_ns, 1020 * 10_000_000, "idle+iowait");
+        assert_eq!(m.steal_ns, 7 * 10_000_000, "steal");
+    }
+
+    #[test]
+    fn a_spinning_thread_shows_its_cpu_time() {
+        let used = spin_cpu(Duration::from_millis(20), Duration::from_secs(10));
+        assert!(
+            used.run_ns >= 20_000_000,
+            "10 s of spinning showed only {} ns on the CPU",
+            used.run_ns
+        );
+        let whole = process(std::process::id()).unwrap();
+        assert!(
+            whole.run_ns >= used.run_ns,
+            "the process total includes this thread"
+        );
+    }
+
+    #[test]
+    fn a_thread_group_keeps_the_cpu_of_threads_that_ended() {
+        let group = ThreadGroup::new();
+        let g = Arc::clone(&group);
+        std::thread::spawn(move || {
+            let _member = g.enter();
+            spin_cpu(Duration::from_millis(20), Duration::from_secs(10));
+        })
+        .join()
+        .unwrap();
+        let total = group.total();
+        assert!(
+            total.run_ns >= 20_000_000,
+            "an ended member's 20 ms of CPU were lost: {} ns",
+            total.run_ns
+        );
+        assert!(
+            group.state().live.is_empty(),
+            "the ended thread is still listed as live"
+        );
+    }
+}
