@@ -5,4 +5,5 @@
 
 pub mod affinity;
 pub mod fd;
+pub mod ktls;
 pub mod uring;
