@@ -104,9 +104,14 @@ fn pgbench_select_only_through_the_tunnel_succeeds_and_audits_each_session_once(
 
     let tunnel = pgbench(&cluster, &pki, &alice, agent.port, "through the tunnel");
     let direct = pgbench(&cluster, &pki, &alice, cluster.port(), "direct");
+    let build = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
     eprintln!(
-        "pgbench -S -c 8 -j 2 -T 5 (debug build unless --release): through the tunnel \
-         {:.0} tps ({} transactions), direct {:.0} tps ({} transactions)",
+        "pgbench -S -c 8 -j 2 -T 5 ({build} build): through the tunnel {:.0} tps \
+         ({} transactions), direct {:.0} tps ({} transactions)",
         tunnel.tps, tunnel.processed, direct.tps, direct.processed
     );
 

@@ -6,4 +6,5 @@
 pub mod affinity;
 pub mod fd;
 pub mod ktls;
+pub mod net;
 pub mod uring;

@@ -21,6 +21,10 @@ use rustls_pki_types::{
     CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
 };
 
+pub mod client_hello;
+pub mod handshake;
+pub mod record;
+
 use crate::audit::DenyReason;
 use crate::pki;
 

@@ -10,8 +10,8 @@ mod ops;
 mod runtime;
 
 pub use ops::{
-    BufOp, BufResult, Elapsed, Incoming, Socket, connect, flush_submissions, poll, read, recv,
-    send, send_all, sleep, timeout,
+    BufOp, BufResult, Elapsed, Incoming, PollMulti, Socket, connect, flush_submissions, poll, read,
+    recv, recv_limit, send, send_all, sleep, timeout,
 };
 pub use runtime::{Runtime, spawn, yield_now};
 
@@ -113,6 +113,33 @@ mod tests {
             "each of the five connections should deliver one byte"
         );
         drop(clients);
+    }
+
+    #[test]
+    fn multishot_poll_reports_each_arrival_without_rearming() {
+        let (mut client, server) = pair();
+        let rt = Runtime::new().unwrap();
+        let fd = server.as_raw_fd();
+        let reports = rt
+            .block_on(async move {
+                let mut poll = PollMulti::new(fd, libc::POLLIN);
+                let mut reports = 0;
+                for round in 0..3u8 {
+                    client.write_all(&[round]).unwrap();
+                    let events = std::future::poll_fn(|cx| poll.poll_next(cx)).await.unwrap();
+                    assert!(
+                        events & libc::POLLIN as u32 != 0,
+                        "round {round}: no POLLIN"
+                    );
+                    let mut byte = [0u8; 1];
+                    assert_eq!(crate::sys::net::recv(fd, &mut byte).unwrap(), 1);
+                    assert_eq!(byte[0], round, "bytes must arrive in order");
+                    reports += 1;
+                }
+                (reports, server)
+            })
+            .unwrap();
+        assert_eq!(reports.0, 3, "one readiness report per write");
     }
 
     #[test]

@@ -91,15 +91,21 @@ impl Completable for RecvData {
 /// Receives into `buf`'s spare capacity. A buffer with no spare capacity is an error,
 /// not a zero-length read that would look like end of stream.
 pub fn recv(fd: RawFd, buf: Vec<u8>) -> BufOp {
-    recv_with(fd, buf, false)
+    recv_with(fd, buf, usize::MAX, false)
+}
+
+/// Like [`recv`], reading at most `limit` bytes: the handshake reads exactly one TLS
+/// record at a time, so that nothing past it leaves the socket.
+pub fn recv_limit(fd: RawFd, buf: Vec<u8>, limit: usize) -> BufOp {
+    recv_with(fd, buf, limit, false)
 }
 
 /// Like [`recv`] for a plain descriptor (an eventfd, a pipe): uses IORING_OP_READ.
 pub fn read(fd: RawFd, buf: Vec<u8>) -> BufOp {
-    recv_with(fd, buf, true)
+    recv_with(fd, buf, usize::MAX, true)
 }
 
-fn recv_with(fd: RawFd, buf: Vec<u8>, plain_read: bool) -> BufOp {
+fn recv_with(fd: RawFd, buf: Vec<u8>, limit: usize, plain_read: bool) -> BufOp {
     let op = if buf.capacity() == buf.len() {
         Err((
             io::Error::new(io::ErrorKind::InvalidInput, "recv into a full buffer"),
@@ -111,7 +117,7 @@ fn recv_with(fd: RawFd, buf: Vec<u8>, plain_read: bool) -> BufOp {
         // owns and which does not move with it.
         let op = unsafe {
             Op::submit(data, |d| {
-                let spare = d.buf.capacity() - d.buf.len();
+                let spare = (d.buf.capacity() - d.buf.len()).min(limit);
                 // SAFETY (pointer arithmetic): `len <= capacity`, so the start of the spare
                 // region is inside (or one past) the allocation.
                 let ptr = d.buf.as_ptr().wrapping_add(d.buf.len()) as *mut u8;
@@ -396,6 +402,111 @@ impl Drop for Incoming {
             slots[id] = Slot::Orphaned {
                 _keep: Box::new(()),
                 close_fds: true,
+            };
+            drop(slots);
+            self.driver.cancel(id);
+        } else {
+            slots.remove(id);
+        }
+    }
+}
+
+/// A multishot poll: one submission that reports every readiness change of `fd` for
+/// `events` until dropped. The pumps wait on it and then call non-blocking syscalls
+/// (recv, send, splice) from the worker thread; an idle session thus holds no buffer,
+/// only this submission. If the kernel ends the multishot, the next call re-arms it.
+pub struct PollMulti {
+    driver: Rc<Driver>,
+    fd: RawFd,
+    events: u32,
+    id: Option<usize>,
+}
+
+impl PollMulti {
+    /// Must be called inside the runtime; `fd` must outlive the `PollMulti`.
+    pub fn new(fd: RawFd, events: i16) -> PollMulti {
+        PollMulti {
+            driver: Driver::with_current(|d| d.clone()),
+            fd,
+            events: events as u16 as u32,
+            id: None,
+        }
+    }
+
+    /// Polls for the next readiness report: the `revents` bits, or the poll's error.
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<u32>> {
+        let id = match self.id {
+            Some(id) => id,
+            None => match self.arm() {
+                Ok(id) => id,
+                Err(err) => return Poll::Ready(Err(err)),
+            },
+        };
+        let mut slots = self.driver.slots.borrow_mut();
+        let Some(Slot::Multi {
+            waker,
+            results,
+            armed,
+        }) = slots.get_mut(id)
+        else {
+            return Poll::Ready(Err(io::Error::other("poll slot lost")));
+        };
+        // Several reports may have queued up; all say "look at the socket", so one
+        // is as good as all of them.
+        let mut ready = None;
+        while let Some((res, _flags)) = results.pop_front() {
+            ready = Some(match (ready, result(res)) {
+                (Some(Ok(a)), Ok(b)) => Ok(a | b),
+                (_, r) => r,
+            });
+        }
+        if let Some(ready) = ready {
+            if !*armed {
+                slots.remove(id);
+                self.id = None;
+            }
+            return Poll::Ready(ready);
+        }
+        if !*armed {
+            slots.remove(id);
+            self.id = None;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        *waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    fn arm(&mut self) -> io::Result<usize> {
+        let id = self.driver.insert_slot(Slot::Multi {
+            waker: None,
+            results: Default::default(),
+            armed: true,
+        });
+        let sqe = opcode::PollAdd::new(types::Fd(self.fd), self.events)
+            .multi(true)
+            .build()
+            .user_data(id as u64);
+        if let Err(err) = self.driver.push(&sqe) {
+            self.driver.slots.borrow_mut().remove(id);
+            return Err(err);
+        }
+        self.id = Some(id);
+        Ok(id)
+    }
+}
+
+impl Drop for PollMulti {
+    fn drop(&mut self) {
+        let Some(id) = self.id.take() else { return };
+        let mut slots = self.driver.slots.borrow_mut();
+        let Some(Slot::Multi { armed, .. }) = slots.get(id) else {
+            return;
+        };
+        if *armed {
+            slots[id] = Slot::Orphaned {
+                _keep: Box::new(()),
+                close_fds: false,
             };
             drop(slots);
             self.driver.cancel(id);
