@@ -5,6 +5,7 @@
 //! session's owner end it with a reason. The kTLS + splice pump will sit beside
 //! `userspace` and be chosen at run time.
 
+pub mod ktls;
 mod stop;
 mod tls_stream;
 mod userspace;

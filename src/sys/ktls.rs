@@ -58,9 +58,13 @@ pub fn probe() -> Result<(), String> {
             .accept()
             .map_err(|err| format!("cannot accept on loopback to probe kTLS: {err}"))?;
         attach_ulp(&server).map_err(|err| match err.raw_os_error() {
-            Some(libc::ENOENT) => "kernel has no TLS ULP (CONFIG_TLS is off, or the tls \
-                                   module is not loaded and we may not load it: modprobe tls)"
-                .to_string(),
+            Some(libc::ENOENT) if tls_module_installed() => {
+                "kernel TLS ULP not loaded and we may not load it (run `modprobe tls`)".to_string()
+            }
+            Some(libc::ENOENT) => {
+                "kernel has no TLS ULP (CONFIG_TLS is off and no tls module is installed)"
+                    .to_string()
+            }
             _ => format!("setsockopt TCP_ULP \"tls\" failed: {err}"),
         })?;
         let zeros = [0u8; 32];
@@ -230,22 +234,6 @@ pub fn splice(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<usize> {
     Err(io::ErrorKind::Interrupted.into())
 }
 
-/// Puts `fd` in non-blocking mode. splice(2) honours O_NONBLOCK on sockets but, before
-/// Linux 6.5, not SPLICE_F_NONBLOCK on the socket end.
-pub fn set_nonblocking(fd: impl AsFd) -> io::Result<()> {
-    let raw = fd.as_fd().as_raw_fd();
-    // SAFETY: F_GETFL/F_SETFL take and return plain integers.
-    let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
-    if flags < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: as above.
-    if unsafe { libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// A pipe between two splices: non-blocking and close-on-exec at both ends.
 #[derive(Debug)]
 pub struct Pipe {
@@ -313,6 +301,17 @@ impl CmsgBuf {
     fn as_mut_ptr(&mut self) -> *mut libc::c_void {
         self.0.as_mut_ptr().cast()
     }
+}
+
+/// Whether the running kernel has a loadable tls module (listed in modules.dep).
+fn tls_module_installed() -> bool {
+    let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else {
+        return false;
+    };
+    let dep = format!("/lib/modules/{}/modules.dep", release.trim());
+    std::fs::read_to_string(dep)
+        .map(|text| text.lines().any(|line| line.contains("/net/tls/tls.ko")))
+        .unwrap_or(false)
 }
 
 /// Attaches the kernel's TLS upper layer protocol to a connected TCP socket.
@@ -518,5 +517,171 @@ impl Suite {
             Suite::Aes128Gcm => 16,
             Suite::Aes256Gcm | Suite::Chacha20Poly1305 => 32,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    fn tcp_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (client, server)
+    }
+
+    #[test]
+    fn probe_says_why_when_the_kernel_cannot_do_tls() {
+        let available =
+            std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_ulp").unwrap_or_default();
+        match probe() {
+            Ok(()) => assert!(
+                available.split_whitespace().any(|ulp| ulp == "tls"),
+                "probe accepted kTLS but the kernel lists no tls ULP: {available:?}"
+            ),
+            Err(reason) => {
+                // Shown with --nocapture: the reason an operator would read at start-up.
+                eprintln!("kTLS probe on this kernel: {reason}");
+                assert!(
+                    reason.contains("TLS ULP") || reason.contains("kernel TLS refuses"),
+                    "the refusal should name what is missing, got {reason:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn aes_gcm_iv_is_split_into_salt_and_iv_and_the_sequence_is_big_endian() {
+        let key: Vec<u8> = (0..16).collect();
+        let iv: Vec<u8> = (100..112).collect();
+        let info = CryptoInfo::from_parts(Suite::Aes128Gcm, &key, &iv, 0x0102_0304_0506_0708)
+            .expect("a 16-byte key and a 12-byte IV fit AES-128-GCM");
+        let CryptoInfo::Aes128Gcm(raw) = &info else {
+            panic!("AES-128-GCM produced another structure");
+        };
+        assert_eq!(raw.info.version, 0x0304, "TLS 1.3 is version 0x0304");
+        assert_eq!(raw.info.cipher_type, libc::TLS_CIPHER_AES_GCM_128);
+        assert_eq!(
+            raw.salt,
+            [100, 101, 102, 103],
+            "salt is the IV's first 4 bytes"
+        );
+        assert_eq!(raw.iv, [104, 105, 106, 107, 108, 109, 110, 111]);
+        assert_eq!(raw.key.as_slice(), key.as_slice());
+        assert_eq!(
+            raw.rec_seq,
+            [1, 2, 3, 4, 5, 6, 7, 8],
+            "rec_seq is big-endian"
+        );
+    }
+
+    #[test]
+    fn chacha20_poly1305_takes_the_whole_iv_and_wrong_lengths_are_refused() {
+        let info = CryptoInfo::from_parts(Suite::Chacha20Poly1305, &[7; 32], &[9; 12], 1)
+            .expect("a 32-byte key and a 12-byte IV fit ChaCha20-Poly1305");
+        let CryptoInfo::Chacha20Poly1305(raw) = &info else {
+            panic!("ChaCha20-Poly1305 produced another structure");
+        };
+        assert_eq!(
+            raw.iv, [9; 12],
+            "ChaCha20-Poly1305 has no salt: all 12 IV bytes"
+        );
+        assert_eq!(raw.rec_seq, [0, 0, 0, 0, 0, 0, 0, 1]);
+        assert!(
+            CryptoInfo::from_parts(Suite::Aes256Gcm, &[0; 16], &[0; 12], 0).is_err(),
+            "a 16-byte key must not pass for AES-256-GCM"
+        );
+        assert!(
+            CryptoInfo::from_parts(Suite::Aes128Gcm, &[0; 16], &[0; 8], 0).is_err(),
+            "an 8-byte IV must be refused"
+        );
+    }
+
+    #[test]
+    fn splice_moves_bytes_socket_to_pipe_to_socket_and_says_eagain_when_empty() {
+        let (mut a, b) = tcp_pair();
+        let (c, mut d) = tcp_pair();
+        b.set_nonblocking(true).unwrap();
+        c.set_nonblocking(true).unwrap();
+        let pipe = Pipe::new().unwrap();
+        assert!(
+            pipe.capacity().unwrap() >= 4096,
+            "a pipe holds at least a page"
+        );
+
+        let err = splice(&b, &pipe.write, 1024).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            io::ErrorKind::WouldBlock,
+            "an empty socket must not block a non-blocking splice: {err}"
+        );
+
+        a.write_all(b"through the pipe").unwrap();
+        let mut moved = 0;
+        for _ in 0..1000 {
+            match splice(&b, &pipe.write, 1024) {
+                Ok(n) => moved += n,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                Err(err) => panic!("splice into the pipe failed: {err}"),
+            }
+            if moved == 16 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(moved, 16, "all 16 bytes should reach the pipe");
+        assert_eq!(splice(&pipe.read, &c, moved).unwrap(), 16);
+        let mut got = [0u8; 16];
+        d.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"through the pipe", "bytes must arrive unchanged");
+
+        drop(a);
+        let mut eof = None;
+        for _ in 0..1000 {
+            match splice(&b, &pipe.write, 1024) {
+                Ok(n) => {
+                    eof = Some(n);
+                    break;
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(1))
+                }
+                Err(err) => panic!("splice at end of stream failed: {err}"),
+            }
+        }
+        assert_eq!(
+            eof,
+            Some(0),
+            "a closed peer reads as 0 bytes, end of stream"
+        );
+    }
+
+    #[test]
+    fn recv_control_on_a_socket_without_tls_reports_plain_data() {
+        let (mut a, b) = tcp_pair();
+        a.write_all(b"abc").unwrap();
+        b.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        // Wait until the bytes are there (recv_control does not block).
+        let mut peek = [0u8; 3];
+        b.peek(&mut peek).unwrap();
+        let mut buf = [0u8; 64];
+        let (record_type, len) = recv_control(&b, &mut buf).expect("recvmsg on a TCP socket");
+        assert_eq!(
+            (record_type, &buf[..len]),
+            (RECORD_APPLICATION_DATA, &b"abc"[..]),
+            "without a TLS layer there is no record-type message: plain data"
+        );
+    }
+
+    #[test]
+    fn pipe_capacity_can_be_raised() {
+        let pipe = Pipe::new().unwrap();
+        let got = pipe.set_capacity(256 * 1024).expect("F_SETPIPE_SZ");
+        assert!(got >= 256 * 1024, "asked for 256 KiB, got {got}");
+        assert_eq!(pipe.capacity().unwrap(), got);
     }
 }
