@@ -23,6 +23,7 @@ use pgtunnel::pump::ktls::{KernelKeys, hand_off, pump_ktls};
 use pgtunnel::pump::{PumpEnd, PumpStats, Side, StopSignal};
 use pgtunnel::sys::uring::{Runtime, Socket};
 use pgtunnel::tls::handshake::handshake;
+use pgtunnel::tls::tickets::RotatingTicketer;
 use rustls::pki_types::ServerName;
 use rustls::server::UnbufferedServerConnection;
 use rustls::{
@@ -270,6 +271,10 @@ fn bulk_both_ways(suite: CipherSuite) {
         outcome.end
     );
     assert_eq!(
+        outcome.tx_seq_at_hand_off, 1,
+        "the session ticket went out under the first key, so the kernel continues at 1"
+    );
+    assert_eq!(
         (outcome.stats.from_tls, outcome.stats.to_tls),
         (upload.len() as u64, download.len() as u64),
         "the pump counts the payload each way"
@@ -293,6 +298,8 @@ struct Outcome {
     /// How often the pump asked rustls for the next receive and transmit secrets.
     rx_rekeys: usize,
     tx_rekeys: usize,
+    /// The transmit record sequence number the kernel started from.
+    tx_seq_at_hand_off: u64,
 }
 
 /// rustls' kernel connection, with a count of the re-keys the pump asked for.
@@ -354,6 +361,7 @@ fn gateway_session(
             let established = handshake(sock, conn)
                 .await
                 .map_err(|e| format!("handshake: {e}"))?;
+            let tx_seq_at_hand_off = established.secrets.tx.0;
             hand_off(&established.sock, established.secrets)
                 .map_err(|e| format!("kTLS hand-off: {e}"))?;
             let upstream = TcpStream::connect(upstream).map_err(|e| format!("upstream: {e}"))?;
@@ -371,6 +379,7 @@ fn gateway_session(
                 stats,
                 rx_rekeys: kernel.rx,
                 tx_rekeys: kernel.tx,
+                tx_seq_at_hand_off,
             })
         })
         .map_err(|e| format!("runtime: {e}"))?
@@ -626,17 +635,23 @@ impl Pki {
         roots
     }
 
-    /// The gateway's real configuration function, as the gateway calls it.
+    /// The gateway's real configuration, session tickets on: the ticket is the one
+    /// record the gateway sends after its Finished, so the kernel must start the
+    /// transmit sequence at 1, not 0.
     fn server_config(&self) -> Arc<ServerConfig> {
-        let mut config = pgtunnel::tls::server_config(
+        let ticketer = RotatingTicketer::random(Duration::from_secs(3600)).expect("ticket key");
+        let config = pgtunnel::tls::server_config(
             vec![self.server.cert_der().clone()],
             self.server.private_key_der(),
             self.roots(),
             Vec::new(),
+            Some(Arc::new(ticketer)),
         )
         .expect("server config");
-        // The hand-off needs the secrets (the gateway's own config sets this too).
-        config.enable_secret_extraction = true;
+        assert!(
+            config.enable_secret_extraction,
+            "the kTLS hand-off needs the traffic secrets"
+        );
         Arc::new(config)
     }
 

@@ -15,13 +15,16 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
+use rustls::client::UnbufferedClientConnection;
 use rustls_pki_types::ServerName;
 use socket2::{Domain, SockAddr, SockRef, Type};
 use tracing::Instrument;
 
 use crate::pg::wire::{self, SqlState};
-use crate::pump::{self, HandshakeError, PumpEnd, PumpError, Side, StopSignal, TlsSession};
+use crate::pump::{self, PumpEnd, PumpError, Side, StopSignal};
 use crate::sys::uring::{self, Incoming, Runtime, Socket};
+use crate::tls::handshake::{self, HandshakeError};
+use crate::tls::record::{RecordError, RecordLayer};
 
 pub use credentials::{Credentials, Loaded, LoginFiles};
 
@@ -129,14 +132,8 @@ async fn tunnel(agent: Rc<Agent>, client: Socket) {
         return turn_away(&client, &why).await;
     }
 
-    let mut tls = match uring::timeout(config.connect_timeout, open_gateway(config.gateway)).await {
-        Ok(Ok(sock)) => {
-            let conn = match rustls::ClientConnection::new(login.tls.clone(), agent.sni.clone()) {
-                Ok(conn) => conn,
-                Err(err) => return turn_away(&client, &format!("TLS set-up failed: {err}")).await,
-            };
-            TlsSession::new(sock, rustls::Connection::Client(conn))
-        }
+    let sock = match uring::timeout(config.connect_timeout, open_gateway(config.gateway)).await {
+        Ok(Ok(sock)) => sock,
         Ok(Err(err)) => {
             let why = format!("cannot reach the gateway at {}: {err}", config.gateway);
             return turn_away(&client, &why).await;
@@ -146,30 +143,38 @@ async fn tunnel(agent: Rc<Agent>, client: Socket) {
             return turn_away(&client, &why).await;
         }
     };
-
-    match uring::timeout(config.handshake_timeout, tls.handshake()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => return turn_away(&client, &handshake_message(&err)).await,
-        Err(uring::Elapsed) => {
-            return turn_away(
-                &client,
-                "the gateway did not finish the TLS handshake in time",
-            )
-            .await;
-        }
-    }
+    let conn = match UnbufferedClientConnection::new(login.tls.clone(), agent.sni.clone()) {
+        Ok(conn) => conn,
+        Err(err) => return turn_away(&client, &format!("TLS set-up failed: {err}")).await,
+    };
+    let established =
+        match uring::timeout(config.handshake_timeout, handshake::handshake(sock, conn)).await {
+            Ok(Ok(established)) => established,
+            Ok(Err(err)) => return turn_away(&client, &handshake_message(&err)).await,
+            Err(uring::Elapsed) => {
+                return turn_away(
+                    &client,
+                    "the gateway did not finish the TLS handshake in time",
+                )
+                .await;
+            }
+        };
+    let mut records = match RecordLayer::new(established.secrets, established.kernel) {
+        Ok(records) => records,
+        Err(err) => return turn_away(&client, &format!("TLS hand-off failed: {err}")).await,
+    };
 
     let stop = StopSignal::default();
-    let (end, stats) = pump::pump(&mut tls, &client, &stop).await;
+    let (end, stats) = pump::pump(&established.sock, &mut records, &client, &stop).await;
     match end {
         // In TLS 1.3 the client's handshake is over before the gateway has looked at the
         // certificate, so a refusal arrives as an alert on the first read. Nothing has
         // reached the client yet: it can still be told why.
         PumpEnd::Failed {
             side: Side::Tls,
-            error: PumpError::Tls(err),
+            error: PumpError::Record(RecordError::PeerAlert(alert)),
         } if stats.from_tls == 0 => {
-            turn_away(&client, &refusal_message(&err, &login)).await;
+            turn_away(&client, &refusal_message(alert, &login)).await;
         }
         PumpEnd::Failed { side, error } => {
             tracing::debug!(?side, error = %error, "tunnel failed");
@@ -183,30 +188,27 @@ async fn tunnel(agent: Rc<Agent>, client: Socket) {
     }
 }
 
-/// Explains the gateway's refusal of a completed handshake (a TLS alert).
-fn refusal_message(err: &rustls::Error, login: &Loaded) -> String {
-    use rustls::AlertDescription as A;
-    let rustls::Error::AlertReceived(alert) = err else {
-        return format!("the gateway ended the connection: {err}");
-    };
+/// Explains the gateway's refusal of a completed handshake (a TLS alert, RFC 8446
+/// section 6.2 numbering).
+fn refusal_message(alert: u8, login: &Loaded) -> String {
     match alert {
-        A::CertificateRevoked => format!(
+        44 => format!(
             "the gateway refused the login certificate for {:?}: it has been revoked; \
              ask for a new one (pgtunnel ca issue)",
             login.user
         ),
-        A::CertificateExpired => format!(
+        45 => format!(
             "the gateway refused the login certificate for {:?} as expired or not yet valid \
              (valid until {}); check the clocks, or ask for a new one (pgtunnel ca issue)",
             login.user,
             crate::audit::format_ts(login.not_after)
         ),
-        A::UnknownCA | A::BadCertificate | A::UnsupportedCertificate => format!(
-            "the gateway does not accept the login certificate for {:?} ({alert:?}); \
+        42 | 43 | 48 => format!(
+            "the gateway does not accept the login certificate for {:?} (TLS alert {alert}); \
              it may come from another CA",
             login.user
         ),
-        other => format!("the gateway refused the connection (TLS alert {other:?})"),
+        other => format!("the gateway refused the connection (TLS alert {other})"),
     }
 }
 
@@ -228,6 +230,7 @@ fn handshake_message(err: &HandshakeError) -> String {
         HandshakeError::Tls(err) => format!("TLS handshake with the gateway failed: {err}"),
         HandshakeError::Eof => "the gateway closed the connection during the handshake".into(),
         HandshakeError::Io(err) => format!("connection to the gateway failed: {err}"),
+        HandshakeError::Protocol(what) => format!("TLS handshake with the gateway failed: {what}"),
     }
 }
 

@@ -76,6 +76,12 @@ pub struct GatewayConfig {
     /// Close live sessions when their login certificate expires (plus the grace period).
     pub close_on_cert_expiry: bool,
     pub cert_expiry_grace: Duration,
+    /// Issue TLS 1.3 session tickets so that agents can resume.
+    pub session_tickets: bool,
+    /// Shared master secret for ticket keys (several gateways, restarts); None = random.
+    pub ticket_key_file: Option<PathBuf>,
+    /// How often the ticket key changes; a ticket lives at most twice this.
+    pub ticket_rotation: Duration,
     pub services: Vec<Service>,
 }
 
@@ -235,6 +241,9 @@ impl Validator {
                 }
                 other => self.duration("gateway.cert_expiry_grace", other, 0)?,
             },
+            session_tickets: g.session_tickets.unwrap_or(true),
+            ticket_key_file: g.ticket_key_file.as_deref().map(|p| self.path(p)),
+            ticket_rotation: self.duration("gateway.ticket_rotation", g.ticket_rotation, 3600)?,
             services,
         })
     }

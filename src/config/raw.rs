@@ -29,6 +29,9 @@ pub struct RawGateway {
     pub crl: Option<String>,
     pub close_on_cert_expiry: Option<bool>,
     pub cert_expiry_grace: Option<String>,
+    pub session_tickets: Option<bool>,
+    pub ticket_key_file: Option<String>,
+    pub ticket_rotation: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

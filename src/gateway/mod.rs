@@ -65,6 +65,8 @@ pub struct Shared {
     pub config: GatewayConfig,
     pub server_tls: Arc<rustls::ServerConfig>,
     pub crl: Option<RevocationList>,
+    /// Kept across reloads when its settings do not change, so tickets stay valid.
+    pub ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>,
     /// Grows by one with every successful reload; the sweep uses it to re-check sessions.
     pub generation: u64,
 }
@@ -76,6 +78,14 @@ impl Shared {
     /// Loads everything the config names (certificate, key, client CA, CRL). This is
     /// also what `gateway --check` runs. Errors name the config field of the file at fault.
     pub fn load(config: GatewayConfig) -> Result<Shared, GatewayError> {
+        Self::load_after(config, None)
+    }
+
+    /// Like `load`, keeping what can be kept from `previous` (the ticket keys).
+    pub fn load_after(
+        config: GatewayConfig,
+        previous: Option<&Shared>,
+    ) -> Result<Shared, GatewayError> {
         let field =
             |name: &'static str, path: &std::path::Path, reason: String| GatewayError::File {
                 field: name,
@@ -95,15 +105,27 @@ impl Shared {
             ),
             None => None,
         };
-        let crls = crl.iter().map(|c| c.der.clone()).collect();
-        let server_tls = tls::server_config(chain, key, roots, crls).map_err(|err| {
-            let reason = format!("cannot be used with gateway.key, client_ca and crl: {err}");
-            field("gateway.cert", &config.cert, reason)
+        let ticketer = ticketer(&config, previous).map_err(|err| {
+            field(
+                "gateway.ticket_key_file",
+                config
+                    .ticket_key_file
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new("")),
+                err.to_string(),
+            )
         })?;
+        let crls = crl.iter().map(|c| c.der.clone()).collect();
+        let server_tls =
+            tls::server_config(chain, key, roots, crls, ticketer.clone()).map_err(|err| {
+                let reason = format!("cannot be used with gateway.key, client_ca and crl: {err}");
+                field("gateway.cert", &config.cert, reason)
+            })?;
         Ok(Shared {
             config,
             server_tls: Arc::new(server_tls),
             crl,
+            ticketer,
             generation: 0,
         })
     }
@@ -113,6 +135,29 @@ impl Shared {
             .as_ref()
             .is_some_and(|crl| crl.is_revoked(serial_hex))
     }
+}
+
+/// The ticket producer for `config`: reused from `previous` when the ticket settings
+/// are unchanged (a reload must not invalidate every agent's ticket), else new.
+fn ticketer(
+    config: &GatewayConfig,
+    previous: Option<&Shared>,
+) -> Result<Option<Arc<dyn rustls::server::ProducesTickets>>, tls::tickets::TicketKeyError> {
+    if !config.session_tickets {
+        return Ok(None);
+    }
+    if let Some(prev) = previous
+        && prev.config.ticket_key_file == config.ticket_key_file
+        && prev.config.ticket_rotation == config.ticket_rotation
+        && prev.ticketer.is_some()
+    {
+        return Ok(prev.ticketer.clone());
+    }
+    let ticketer = match &config.ticket_key_file {
+        Some(path) => tls::tickets::RotatingTicketer::from_file(path, config.ticket_rotation)?,
+        None => tls::tickets::RotatingTicketer::random(config.ticket_rotation)?,
+    };
+    Ok(Some(Arc::new(ticketer)))
 }
 
 /// Control events for the main thread.

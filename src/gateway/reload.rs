@@ -45,7 +45,9 @@ impl Reloader {
         let path = current.config.path.clone();
         let loaded = GatewayConfig::load(&path)
             .map_err(|err| err.to_string())
-            .and_then(|config| Shared::load(config).map_err(|err| err.to_string()));
+            .and_then(|config| {
+                Shared::load_after(config, Some(&current)).map_err(|err| err.to_string())
+            });
         match loaded {
             Ok(next) => {
                 let restart_needed = next.config.listen != current.config.listen
@@ -79,7 +81,7 @@ impl Reloader {
         if now == self.crl_stamp || now.is_none() || now == self.failed_crl_stamp {
             return;
         }
-        match Shared::load(current.config.clone()) {
+        match Shared::load_after(current.config.clone(), Some(&current)) {
             Ok(next) => {
                 self.crl_stamp = now;
                 self.failed_crl_stamp = None;

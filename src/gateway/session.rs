@@ -3,25 +3,33 @@
 //!
 //! Every connection ends in exactly one of two audit shapes: a single `session.denied`
 //! (with a reason) or a `session.start` followed by a `session.end`. Nothing a peer sends
-//! can make this function panic or stall the worker: every wait has a deadline or a stop
-//! signal, and every failure becomes a denied record and a close.
+//! can make this code panic or stall the worker: every wait has a deadline or a stop
+//! signal, and every failure becomes a denied record and a close. Refusals after the
+//! handshake are explained in a PostgreSQL ErrorResponse, which psql prints.
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use socket2::{Domain, SockAddr, SockRef, Type};
 
+use super::Shared;
 use super::policy::{Decision, authorize};
 use super::worker::Worker;
 use crate::audit::{AuditRecord, CloseReason, DenyReason, Event};
-use crate::config::Upstream;
+use crate::config::{Service, Upstream};
 use crate::pg::wire::{self, SqlState};
 use crate::pki::Identity;
-use crate::pump::{self, HandshakeError, PumpEnd, Side, TlsSession};
+use crate::pump::{self, PumpEnd, Side};
 use crate::sys::uring::{self, Socket};
-use crate::tls;
+use crate::tls::handshake::{self, Established, HandshakeError};
+use crate::tls::record::RecordLayer;
+use crate::tls::{self};
+
+type ServerRecords = RecordLayer<ServerConnectionData>;
 
 /// Serves one accepted connection to its end.
 pub async fn serve(worker: &Rc<Worker>, sock: Socket, session_id: String, overloaded: bool) {
@@ -35,69 +43,101 @@ pub async fn serve(worker: &Rc<Worker>, sock: Socket, session_id: String, overlo
         session_id: &session_id,
         peer,
     };
-
     if overloaded {
         // No TLS, no questions: refusing early is what keeps an overloaded worker alive.
-        ctx.deny(
-            DenyReason::Overloaded,
-            None,
-            None,
-            Some("worker at its session or handshake cap".into()),
-        );
+        let detail = "worker at its session or handshake cap".to_string();
+        ctx.deny(&Refusal::early(DenyReason::Overloaded, detail));
         return;
     }
     let _ = SockRef::from(sock.as_fd()).set_tcp_nodelay(true);
 
-    // Handshake, under a deadline. The snapshot of shared state is taken once, so a
-    // reload mid-session never mixes two configurations in one decision.
+    // The snapshot of shared state is taken once, so a reload mid-session never mixes
+    // two configurations in one decision.
     let shared = worker.shared.load_full();
-    let conn = match rustls::ServerConnection::new(shared.server_tls.clone()) {
-        Ok(conn) => conn,
+    let Some(established) = ctx.handshake(sock, &shared).await else {
+        return;
+    };
+    let Established {
+        sock,
+        secrets,
+        kernel,
+        peer_certificates,
+        sni,
+        ..
+    } = established;
+    let mut records = match RecordLayer::new(secrets, kernel) {
+        Ok(records) => records,
         Err(err) => {
-            ctx.deny(
+            ctx.deny(&Refusal::early(
                 DenyReason::HandshakeFailed,
-                None,
-                None,
-                Some(err.to_string()),
-            );
+                err.to_string(),
+            ));
             return;
         }
     };
-    let mut tls = TlsSession::new(sock, rustls::Connection::Server(conn));
-    let handshake = {
-        let _guard = worker.handshake_guard();
-        uring::timeout(shared.config.handshake_timeout, tls.handshake()).await
+
+    let admitted = match admit(&shared, peer_certificates.as_deref(), sni.as_deref()) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return ctx.refuse(&sock, &mut records, *refusal).await,
     };
-    match handshake {
-        Ok(Ok(())) => {}
-        Ok(Err(HandshakeError::Tls(err))) => {
-            ctx.deny(tls::deny_reason(&err), None, None, Some(err.to_string()));
-            return;
-        }
-        Ok(Err(err)) => {
-            ctx.deny(
-                DenyReason::HandshakeFailed,
-                None,
-                None,
-                Some(err.to_string()),
-            );
-            return;
-        }
-        Err(uring::Elapsed) => {
-            ctx.deny(DenyReason::HandshakeTimeout, None, None, None);
-            return;
+    let upstream = match connect_upstream(&shared, &admitted).await {
+        Ok(upstream) => upstream,
+        Err(refusal) => return ctx.refuse(&sock, &mut records, refusal).await,
+    };
+    ctx.run(&shared, sock, records, upstream, admitted).await;
+}
+
+/// An identity allowed on a service.
+struct Admitted {
+    identity: Identity,
+    service: Service,
+}
+
+/// A refusal: what the audit record and the client are told.
+struct Refusal {
+    reason: DenyReason,
+    identity: Option<Identity>,
+    service: Option<String>,
+    detail: String,
+    code: SqlState,
+}
+
+impl Refusal {
+    fn early(reason: DenyReason, detail: String) -> Refusal {
+        Refusal {
+            reason,
+            identity: None,
+            service: None,
+            detail,
+            code: SqlState::INVALID_AUTHORIZATION,
         }
     }
+}
 
-    // Identity from the certificate rustls has verified against the client CA.
-    let identity = match peer_identity(&tls.conn) {
-        Ok(identity) => identity,
-        Err(detail) => {
-            ctx.deny(DenyReason::BadCert, None, None, Some(detail));
-            return;
-        }
+/// Steps 3 and 4 of a session: who is this, which service, and may they use it. The
+/// checks after the handshake also cover resumed sessions, whose certificate rustls
+/// does not verify again.
+fn admit(
+    shared: &Shared,
+    certs: Option<&[rustls_pki_types::CertificateDer<'static>]>,
+    sni: Option<&str>,
+) -> Result<Admitted, Box<Refusal>> {
+    let leaf = certs.and_then(<[_]>::first).ok_or_else(|| {
+        let detail = "no client certificate after the handshake".to_string();
+        Box::new(Refusal::early(DenyReason::NoClientCert, detail))
+    })?;
+    let identity = Identity::from_der(leaf.as_ref())
+        .map_err(|err| Box::new(Refusal::early(DenyReason::BadCert, err.to_string())))?;
+    let refuse = |reason, detail: String, service: Option<&str>, code| {
+        Box::new(Refusal {
+            reason,
+            identity: Some(identity.clone()),
+            service: service.map(str::to_string),
+            detail,
+            code,
+        })
     };
-    tracing::debug!(user = %identity.user, "client certificate verified");
+    let auth = SqlState::INVALID_AUTHORIZATION;
 
     // Short-lived is enforced, not hoped for: a certificate issued for longer than
     // max_cert_lifetime is refused even though it chains and is in its validity period.
@@ -110,153 +150,73 @@ pub async fn serve(worker: &Rc<Worker>, sock: Socket, session_id: String, overlo
             crate::pki::human_duration(lifetime),
             crate::pki::human_duration(max)
         );
-        ctx.deny(
-            DenyReason::LifetimeExceedsMax,
-            Some(&identity),
-            None,
-            Some(detail.clone()),
-        );
-        let msg = wire::fatal_error(
-            SqlState::INVALID_AUTHORIZATION,
-            &format!("pgtunnel: {detail}"),
-            None,
-        );
-        let _ = uring::timeout(std::time::Duration::from_secs(1), tls.send_and_close(&msg)).await;
-        return;
+        return Err(refuse(DenyReason::LifetimeExceedsMax, detail, None, auth));
     }
-    // rustls checked the CRL in the handshake; this catches a CRL swapped in between.
-    if shared.is_revoked(&identity.serial_hex) {
-        ctx.deny(
-            DenyReason::Revoked,
-            Some(&identity),
+    let now = time::OffsetDateTime::now_utc();
+    if now >= identity.not_after {
+        return Err(refuse(
+            DenyReason::CertExpired,
+            "certificate expired".into(),
             None,
-            Some("certificate is revoked".into()),
-        );
-        return;
+            auth,
+        ));
+    }
+    if shared.is_revoked(&identity.serial_hex) {
+        return Err(refuse(
+            DenyReason::Revoked,
+            "certificate is revoked".into(),
+            None,
+            auth,
+        ));
     }
 
     // Service by SNI; without SNI, the only service if there is exactly one.
-    let sni = server_name(&tls.conn);
-    let service = match &sni {
+    let service = match sni {
         Some(name) => shared.config.service(name),
         None if shared.config.services.len() == 1 => shared.config.services.first(),
         None => None,
     };
     let Some(service) = service else {
-        let detail = match &sni {
+        let detail = match sni {
             Some(name) => format!("no service named {name:?}"),
             None => "no SNI and more than one service".to_string(),
         };
-        ctx.refuse(
-            &mut tls,
+        return Err(refuse(
             DenyReason::UnknownService,
-            &identity,
-            sni.as_deref(),
             detail,
+            sni,
             SqlState::REJECTED_CONNECTION,
-        )
-        .await;
-        return;
+        ));
     };
-
     if let Decision::Deny(detail) = authorize(&identity, service) {
-        ctx.refuse(
-            &mut tls,
+        return Err(refuse(
             DenyReason::PolicyDenied,
-            &identity,
-            Some(&service.name),
             detail,
-            SqlState::INVALID_AUTHORIZATION,
-        )
-        .await;
-        return;
+            Some(&service.name),
+            auth,
+        ));
     }
+    Ok(Admitted {
+        identity,
+        service: service.clone(),
+    })
+}
 
-    let upstream =
-        match uring::timeout(shared.config.connect_timeout, connect(&service.upstream)).await {
-            Ok(Ok(upstream)) => upstream,
-            Ok(Err(err)) => {
-                let detail = format!("{}: {err}", service.upstream);
-                ctx.refuse(
-                    &mut tls,
-                    DenyReason::UpstreamUnavailable,
-                    &identity,
-                    Some(&service.name),
-                    detail,
-                    SqlState::CANNOT_CONNECT_NOW,
-                )
-                .await;
-                return;
-            }
-            Err(uring::Elapsed) => {
-                let detail = format!("{}: no answer within the connect timeout", service.upstream);
-                ctx.refuse(
-                    &mut tls,
-                    DenyReason::UpstreamUnavailable,
-                    &identity,
-                    Some(&service.name),
-                    detail,
-                    SqlState::CANNOT_CONNECT_NOW,
-                )
-                .await;
-                return;
-            }
-        };
-
-    // Authorized and connected: the start record, then the pump.
-    let started = Instant::now();
-    let registration = worker.register(&identity, &service.name, shared.generation);
-    let start = AuditRecord::new(Event::SessionStart, ctx.session_id, peer)
-        .identity(&identity)
-        .service(Some(&service.name));
-    if let Err(err) = worker.audit.record(start) {
-        // Fail closed: a session that cannot be recorded does not run.
-        tracing::error!(error = %err, "audit record not queued: refusing session");
-        let msg = wire::fatal_error(
-            SqlState::CANNOT_CONNECT_NOW,
-            "pgtunnel: audit log unavailable",
-            None,
-        );
-        let _ = tls.send_and_close(&msg).await;
-        return;
-    }
-    tracing::info!(user = %identity.user, service = %service.name, "session started");
-
-    let (end, stats) = pump::pump(&mut tls, &upstream, &registration.stop).await;
-    let (close_reason, detail) = match end {
-        PumpEnd::Closed { first: Side::Tls } => (CloseReason::ClientClosed, None),
-        PumpEnd::Closed { first: Side::Plain } => (CloseReason::UpstreamClosed, None),
-        PumpEnd::Failed {
-            side: Side::Tls,
-            error,
-        } => (CloseReason::ClientError, Some(error.to_string())),
-        PumpEnd::Failed {
-            side: Side::Plain,
-            error,
-        } => (CloseReason::UpstreamError, Some(error.to_string())),
-        PumpEnd::Stopped(reason) => {
-            tls.conn.send_close_notify();
-            let _ = uring::timeout(std::time::Duration::from_millis(200), tls.flush()).await;
-            (reason, None)
-        }
+/// Step 6: the upstream connection, under its deadline.
+async fn connect_upstream(shared: &Shared, admitted: &Admitted) -> Result<Socket, Refusal> {
+    let upstream = &admitted.service.upstream;
+    let detail = match uring::timeout(shared.config.connect_timeout, connect(upstream)).await {
+        Ok(Ok(sock)) => return Ok(sock),
+        Ok(Err(err)) => format!("{upstream}: {err}"),
+        Err(uring::Elapsed) => format!("{upstream}: no answer within the connect timeout"),
     };
-    let mut end = AuditRecord::new(Event::SessionEnd, ctx.session_id, peer)
-        .identity(&identity)
-        .service(Some(&service.name));
-    end.bytes_from_client = Some(stats.from_tls);
-    end.bytes_to_client = Some(stats.to_tls);
-    end.duration_ms = Some(started.elapsed().as_millis() as u64);
-    end.close_reason = Some(close_reason);
-    end.detail = detail;
-    if let Err(err) = worker.audit.record(end) {
-        tracing::error!(error = %err, "session.end record lost");
-    }
-    tracing::info!(
-        close_reason = ?close_reason,
-        bytes.from_client = stats.from_tls,
-        bytes.to_client = stats.to_tls,
-        "session ended"
-    );
+    Err(Refusal {
+        reason: DenyReason::UpstreamUnavailable,
+        identity: Some(admitted.identity.clone()),
+        service: Some(admitted.service.name.clone()),
+        detail,
+        code: SqlState::CANNOT_CONNECT_NOW,
+    })
 }
 
 /// What every record of this session shares.
@@ -267,21 +227,119 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// Writes the one `session.denied` record of this connection.
-    fn deny(
+    /// Step 2: the handshake under its deadline; a failure is audited here.
+    async fn handshake(
         &self,
-        reason: DenyReason,
-        identity: Option<&Identity>,
-        service: Option<&str>,
-        detail: Option<String>,
+        sock: Socket,
+        shared: &Arc<Shared>,
+    ) -> Option<Established<ServerConnectionData>> {
+        let conn = match UnbufferedServerConnection::new(shared.server_tls.clone()) {
+            Ok(conn) => conn,
+            Err(err) => {
+                self.deny(&Refusal::early(
+                    DenyReason::HandshakeFailed,
+                    err.to_string(),
+                ));
+                return None;
+            }
+        };
+        let result = {
+            let _guard = self.worker.handshake_guard();
+            uring::timeout(
+                shared.config.handshake_timeout,
+                handshake::handshake(sock, conn),
+            )
+            .await
+        };
+        let (reason, detail) = match result {
+            Ok(Ok(established)) => return Some(established),
+            Ok(Err(HandshakeError::Tls(err))) => (tls::deny_reason(&err), Some(err.to_string())),
+            Ok(Err(err)) => (DenyReason::HandshakeFailed, Some(err.to_string())),
+            Err(uring::Elapsed) => (DenyReason::HandshakeTimeout, None),
+        };
+        let mut refusal = Refusal::early(reason, String::new());
+        refusal.detail = detail.unwrap_or_default();
+        self.deny(&refusal);
+        None
+    }
+
+    /// Steps 5, 7 and 8: the start record, the pump, the end record.
+    async fn run(
+        &self,
+        shared: &Shared,
+        tls: Socket,
+        mut records: ServerRecords,
+        upstream: Socket,
+        admitted: Admitted,
     ) {
+        let Admitted { identity, service } = admitted;
+        let started = Instant::now();
+        let registration = self
+            .worker
+            .register(&identity, &service.name, shared.generation);
+        let start = AuditRecord::new(Event::SessionStart, self.session_id, self.peer)
+            .identity(&identity)
+            .service(Some(&service.name));
+        if let Err(err) = self.worker.audit.record(start) {
+            // Fail closed: a session that cannot be recorded does not run.
+            tracing::error!(error = %err, "audit record not queued: refusing session");
+            let msg = wire::fatal_error(
+                SqlState::CANNOT_CONNECT_NOW,
+                "pgtunnel: audit log unavailable",
+                None,
+            );
+            let _ = uring::timeout(
+                Duration::from_secs(1),
+                pump::farewell(&tls, &mut records, &msg),
+            )
+            .await;
+            return;
+        }
+        tracing::info!(user = %identity.user, service = %service.name, "session started");
+
+        let (end, stats) = pump::pump(&tls, &mut records, &upstream, &registration.stop).await;
+        let (close_reason, detail) = match end {
+            PumpEnd::Closed { first: Side::Tls } => (CloseReason::ClientClosed, None),
+            PumpEnd::Closed { first: Side::Plain } => (CloseReason::UpstreamClosed, None),
+            PumpEnd::Failed {
+                side: Side::Tls,
+                error,
+            } => (CloseReason::ClientError, Some(error.to_string())),
+            PumpEnd::Failed {
+                side: Side::Plain,
+                error,
+            } => (CloseReason::UpstreamError, Some(error.to_string())),
+            PumpEnd::Stopped(reason) => (reason, None),
+        };
+        let mut end = AuditRecord::new(Event::SessionEnd, self.session_id, self.peer)
+            .identity(&identity)
+            .service(Some(&service.name));
+        end.bytes_from_client = Some(stats.from_tls);
+        end.bytes_to_client = Some(stats.to_tls);
+        end.duration_ms = Some(started.elapsed().as_millis() as u64);
+        end.close_reason = Some(close_reason);
+        end.detail = detail;
+        if let Err(err) = self.worker.audit.record(end) {
+            tracing::error!(error = %err, "session.end record lost");
+        }
+        tracing::info!(
+            close_reason = ?close_reason,
+            bytes.from_client = stats.from_tls,
+            bytes.to_client = stats.to_tls,
+            "session ended"
+        );
+    }
+
+    /// Writes the one `session.denied` record of this connection.
+    fn deny(&self, refusal: &Refusal) {
+        let detail = (!refusal.detail.is_empty()).then(|| refusal.detail.clone());
         let mut record = AuditRecord::new(Event::SessionDenied, self.session_id, self.peer)
-            .service(service)
-            .reason(reason, detail.clone());
-        if let Some(identity) = identity {
+            .service(refusal.service.as_deref())
+            .reason(refusal.reason, detail);
+        if let Some(identity) = &refusal.identity {
             record = record.identity(identity);
         }
-        tracing::info!(reason = ?reason, detail = detail.as_deref().unwrap_or(""), "session denied");
+        tracing::info!(reason = ?refusal.reason, detail = %refusal.detail, "session denied");
         if let Err(err) = self.worker.audit.record(record) {
             tracing::error!(error = %err, "session.denied record lost");
         }
@@ -289,35 +347,15 @@ impl Ctx<'_> {
 
     /// Denies after a completed handshake: audit, then tell the client in PostgreSQL's
     /// own words (psql prints the ErrorResponse), then close_notify.
-    async fn refuse(
-        &self,
-        tls: &mut TlsSession,
-        reason: DenyReason,
-        identity: &Identity,
-        service: Option<&str>,
-        detail: String,
-        code: SqlState,
-    ) {
-        let message = format!("pgtunnel: access denied: {detail}");
-        self.deny(reason, Some(identity), service, Some(detail));
-        let response = wire::fatal_error(code, &message, None);
-        let deadline = std::time::Duration::from_secs(1);
-        let _ = uring::timeout(deadline, tls.send_and_close(&response)).await;
-    }
-}
-
-fn peer_identity(conn: &rustls::Connection) -> Result<Identity, String> {
-    let certs = conn
-        .peer_certificates()
-        .ok_or("no client certificate after handshake")?;
-    let leaf = certs.first().ok_or("empty client certificate chain")?;
-    Identity::from_der(leaf.as_ref()).map_err(|err| err.to_string())
-}
-
-fn server_name(conn: &rustls::Connection) -> Option<String> {
-    match conn {
-        rustls::Connection::Server(server) => server.server_name().map(str::to_string),
-        rustls::Connection::Client(_) => None,
+    async fn refuse(&self, sock: &Socket, records: &mut ServerRecords, refusal: Refusal) {
+        self.deny(&refusal);
+        let message = format!("pgtunnel: access denied: {}", refusal.detail);
+        let response = wire::fatal_error(refusal.code, &message, None);
+        let _ = uring::timeout(
+            Duration::from_secs(1),
+            pump::farewell(sock, records, &response),
+        )
+        .await;
     }
 }
 

@@ -26,10 +26,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::task::Poll;
 
 use rustls::kernel::KernelConnection;
-use rustls::{
-    AlertDescription, ConnectionTrafficSecrets, ContentType, ExtractedSecrets, HandshakeType,
-    InvalidMessage,
-};
+use rustls::{ConnectionTrafficSecrets, ExtractedSecrets};
 use socket2::SockRef;
 
 use super::stop::StopSignal;
@@ -37,7 +34,7 @@ use super::userspace::{PumpEnd, PumpError, PumpStats, Side};
 use crate::audit::CloseReason;
 use crate::sys::ktls::{self, Pipe};
 use crate::sys::uring::{self, PollMulti, Socket};
-use crate::tls::record::TicketSink;
+use crate::tls::record::{RecordError, TicketSink};
 
 /// Fill-and-drain rounds one direction may run per wake-up before the worker yields to
 /// its other sessions; with 64 KiB pipes that is up to 1 MiB at a time.
@@ -125,9 +122,9 @@ pub async fn pump_ktls<K: KernelKeys>(
         PumpEnd::Stopped(_) => pump.send_close_notify(),
         PumpEnd::Failed {
             side: Side::Tls,
-            error: PumpError::Tls(err),
+            error: PumpError::Record(err),
         } => {
-            if let Some(alert) = alert_for(err) {
+            if let Some(alert) = err.alert() {
                 let _ = ktls::send_control(tls.as_fd(), ktls::RECORD_ALERT, &[ALERT_FATAL, alert]);
             }
         }
@@ -548,18 +545,15 @@ impl<'a, K: KernelKeys> KtlsPump<'a, K> {
             },
             ktls::RECORD_ALERT => self.on_alert(body),
             ktls::RECORD_HANDSHAKE => self.on_handshake(body),
-            other => Err(tls_failed(rustls::Error::InappropriateMessage {
-                expect_types: vec![ContentType::ApplicationData],
-                got_type: ContentType::from(other),
-            })),
+            _ => Err(tls_failed(RecordError::Unexpected(
+                "record type other than data, alert or handshake",
+            ))),
         }
     }
 
     fn on_alert(&mut self, body: &[u8]) -> Result<(), PumpEnd> {
         let &[_level, description] = body else {
-            return Err(tls_failed(rustls::Error::InvalidMessage(
-                InvalidMessage::MessageTooShort,
-            )));
+            return Err(tls_failed(RecordError::Unexpected("malformed alert")));
         };
         match description {
             CLOSE_NOTIFY => {
@@ -568,9 +562,7 @@ impl<'a, K: KernelKeys> KtlsPump<'a, K> {
             }
             // "This alert should be followed by a close_notify" (RFC 8446 section 6.1).
             USER_CANCELED => Ok(()),
-            other => Err(tls_failed(rustls::Error::AlertReceived(
-                AlertDescription::from(other),
-            ))),
+            other => Err(tls_failed(RecordError::PeerAlert(other))),
         }
     }
 
@@ -593,26 +585,26 @@ impl<'a, K: KernelKeys> KtlsPump<'a, K> {
                         [0] => false,
                         [1] => true,
                         _ => {
-                            return Err(tls_failed(rustls::Error::InvalidMessage(
-                                InvalidMessage::InvalidKeyUpdate,
-                            )));
+                            return Err(tls_failed(RecordError::Unexpected("malformed KeyUpdate")));
                         }
                     };
                     // A KeyUpdate must end its record: what follows is under the new key
                     // (RFC 8446 section 5.1).
                     if !rest.is_empty() {
-                        return Err(tls_failed(rustls::Error::PeerMisbehaved(
-                            rustls::PeerMisbehaved::KeyEpochWithPendingFragment,
+                        return Err(tls_failed(RecordError::Unexpected(
+                            "KeyUpdate not at the end of its record",
                         )));
                     }
                     self.on_key_update(requested)?;
                 }
-                NEW_SESSION_TICKET => self.kernel.new_session_ticket(body).map_err(tls_failed)?,
-                other => {
-                    return Err(tls_failed(rustls::Error::InappropriateHandshakeMessage {
-                        expect_types: vec![HandshakeType::KeyUpdate],
-                        got_type: HandshakeType::from(other),
-                    }));
+                NEW_SESSION_TICKET => self
+                    .kernel
+                    .new_session_ticket(body)
+                    .map_err(|err| tls_failed(RecordError::Ticket(err)))?,
+                _ => {
+                    return Err(tls_failed(RecordError::Unexpected(
+                        "handshake message other than KeyUpdate or NewSessionTicket",
+                    )));
                 }
             }
         }
@@ -623,7 +615,10 @@ impl<'a, K: KernelKeys> KtlsPump<'a, K> {
     /// refuses (EBUSY before Linux 6.14) the session cannot go on: whatever follows is
     /// under a key the kernel does not have.
     fn on_key_update(&mut self, requested: bool) -> Result<(), PumpEnd> {
-        let secrets = self.kernel.next_rx_secret().map_err(tls_failed)?;
+        let secrets = self
+            .kernel
+            .next_rx_secret()
+            .map_err(|err| tls_failed(RecordError::KeyUpdate(err)))?;
         match ktls::update_rx(self.tls.as_fd(), &secrets) {
             Ok(()) => {}
             Err(err) if err.raw_os_error() == Some(libc::EBUSY) => {
@@ -657,7 +652,7 @@ impl<'a, K: KernelKeys> KtlsPump<'a, K> {
         self.key_update_due = false;
         let secrets = self.kernel.next_tx_secret().map_err(|err| {
             self.tx_broken = true;
-            tls_failed(err)
+            tls_failed(RecordError::KeyUpdate(err))
         })?;
         match ktls::update_tx(tls, &secrets) {
             Ok(()) => {
@@ -712,16 +707,16 @@ fn is_reset(err: &io::Error) -> bool {
 /// not authenticate (it has then stopped decrypting for good).
 fn tls_read_failed(err: io::Error) -> PumpEnd {
     if err.raw_os_error() == Some(libc::EBADMSG) {
-        tls_failed(rustls::Error::DecryptError)
+        tls_failed(RecordError::BadRecordMac)
     } else {
         failed(Side::Tls, err)
     }
 }
 
-fn tls_failed(err: rustls::Error) -> PumpEnd {
+fn tls_failed(err: RecordError) -> PumpEnd {
     PumpEnd::Failed {
         side: Side::Tls,
-        error: PumpError::Tls(err),
+        error: PumpError::Record(err),
     }
 }
 
@@ -735,24 +730,7 @@ fn failed(side: Side, err: io::Error) -> PumpEnd {
 /// A post-handshake message split across records: legal TLS, but nobody sends a
 /// KeyUpdate or a NewSessionTicket that way, and joining them is not worth the state.
 fn fragmented() -> PumpEnd {
-    tls_failed(rustls::Error::InvalidMessage(
-        InvalidMessage::MessageTooShort,
-    ))
-}
-
-/// The alert that tells the peer why we gave up on it, for errors of its making.
-fn alert_for(err: &rustls::Error) -> Option<u8> {
-    use rustls::Error as E;
-    let description = match err {
-        E::DecryptError => AlertDescription::BadRecordMac,
-        E::InappropriateMessage { .. } | E::InappropriateHandshakeMessage { .. } => {
-            AlertDescription::UnexpectedMessage
-        }
-        E::PeerMisbehaved(_) => AlertDescription::UnexpectedMessage,
-        E::InvalidMessage(_) => AlertDescription::DecodeError,
-        _ => return None,
-    };
-    Some(u8::from(description))
+    tls_failed(RecordError::Unexpected("truncated handshake message"))
 }
 
 /// The pump's plumbing on any kernel: without the TLS layer the "TLS" socket carries

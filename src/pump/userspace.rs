@@ -1,31 +1,41 @@
-//! The userspace pump: bytes both ways between a TLS socket (decrypted by rustls in this
-//! thread) and a plain socket, until both directions have finished.
+//! The userspace pump: bytes both ways between a TLS socket and a plain socket, with
+//! our record layer protecting records in place.
 //!
-//! One task drives up to four ring operations at once: receive and send on each socket.
-//! An operation that is in flight is never dropped while the session lives (a dropped
-//! receive could swallow bytes); the loop polls all of them and handles whichever
-//! completes. Backpressure is simple: a side is read only when what was read from it
-//! before has been fully written to the other side, so each direction holds at most one
-//! record's worth of data. Half-close is propagated: end of stream (or close_notify) on
-//! one side becomes `shutdown(SHUT_WR)` (or close_notify) on the other, and the pump
-//! ends when both directions are done, an error occurs, or the session is told to stop.
+//! Readiness comes from the ring (one multishot poll per socket, so an idle session
+//! holds no buffer); the moving is done by non-blocking calls from the worker thread:
+//!
+//! - TLS to plain: receive ciphertext into a pool buffer, open every complete record
+//!   where it lies, and send the plaintext ranges with one `sendmsg` straight from that
+//!   buffer. A record cut off at the end of the buffer is moved to its front (the only
+//!   copy, and only of an incomplete record).
+//! - plain to TLS: `readv` plaintext straight into record-shaped slots of a pool buffer
+//!   (16 KiB apart, leaving room for header and tag), seal each slot in place, and send
+//!   the sealed records, which then lie back to back, with one `send`.
+//!
+//! A direction reads only when what it read before has been sent, so each holds at most
+//! one buffer. Half-close is propagated (end of stream or close_notify on one side
+//! becomes shutdown or close_notify on the other), and the pump ends when both
+//! directions are done, a side fails, or the session is told to stop.
 
-use std::future::{Future, poll_fn};
-use std::io::{self, Read, Write};
+use std::future::poll_fn;
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::Shutdown;
+use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::task::Poll;
 
+use rustls::kernel::KernelConnection;
 use socket2::SockRef;
 
+use super::pool::{BUFFER_SIZE, PoolBuf, RECORDS_PER_BUFFER, SEALED_SLOT};
 use super::stop::StopSignal;
-use super::tls_stream::{TLS_RX_CAPACITY, TlsSession};
 use crate::audit::CloseReason;
-use crate::sys::uring::{self, BufOp, BufResult, Socket};
-
-/// Plaintext read per receive from the plain side: one maximal TLS record's payload.
-const PLAIN_RX_CAPACITY: usize = 16 * 1024;
+use crate::sys::net;
+use crate::sys::uring::{self, PollMulti, PollOnce, Socket};
+use crate::tls::record::{
+    HEADER_LEN, MAX_CIPHERTEXT, MAX_PLAINTEXT, Opened, RecordError, RecordLayer, TicketSink,
+};
 
 /// Which end of the pump.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +51,7 @@ pub enum Side {
 pub enum PumpEnd {
     /// Both directions finished; `first` is the side that closed first.
     Closed { first: Side },
-    /// A side failed (reset, TLS error, ...).
+    /// A side failed (reset, bad record, fatal alert, ...).
     Failed { side: Side, error: PumpError },
     /// The session's owner asked it to stop.
     Stopped(CloseReason),
@@ -51,7 +61,7 @@ pub enum PumpEnd {
 #[derive(Debug, thiserror::Error)]
 pub enum PumpError {
     #[error("TLS: {0}")]
-    Tls(rustls::Error),
+    Record(#[from] RecordError),
     #[error("{0}")]
     Io(io::Error),
 }
@@ -65,35 +75,70 @@ pub struct PumpStats {
     pub to_tls: u64,
 }
 
-enum Event {
-    TlsRx(BufResult),
-    TlsTx(BufResult),
-    PlainRx(BufResult),
-    PlainTx(BufResult),
-    Stop(CloseReason),
+/// Moves bytes until both directions are done, a side fails, or `stop` is signalled.
+pub async fn pump<D>(
+    tls: &Socket,
+    records: &mut RecordLayer<D>,
+    plain: &Socket,
+    stop: &StopSignal,
+) -> (PumpEnd, PumpStats)
+where
+    KernelConnection<D>: TicketSink,
+{
+    let mut pump = Pump::new(tls, records, plain);
+    for sock in [tls, plain] {
+        if let Err(err) = SockRef::from(sock.as_fd()).set_nonblocking(true) {
+            let side = if std::ptr::eq(sock, tls) {
+                Side::Tls
+            } else {
+                Side::Plain
+            };
+            return (
+                PumpEnd::Failed {
+                    side,
+                    error: PumpError::Io(err),
+                },
+                pump.stats,
+            );
+        }
+    }
+    let end = pump.run(stop).await;
+    if let PumpEnd::Failed {
+        side: Side::Tls,
+        error: PumpError::Record(err),
+    } = &end
+        && let Some(alert) = err.alert()
+    {
+        pump.send_alert(alert);
+    }
+    if let PumpEnd::Stopped(_) = &end {
+        pump.send_alert(0);
+    }
+    (end, pump.stats)
 }
 
-/// Operations in flight; `None` = idle, and the buffer is then held by the pump.
-#[derive(Default)]
-struct InFlight {
-    tls_rx: Option<BufOp>,
-    tls_tx: Option<BufOp>,
-    plain_rx: Option<BufOp>,
-    plain_tx: Option<BufOp>,
-}
-
-/// Per-direction progress.
-struct Pump<'a> {
-    tls: &'a mut TlsSession,
+struct Pump<'a, D> {
+    tls: &'a Socket,
     plain: &'a Socket,
-    ops: InFlight,
-    /// Decrypted bytes waiting to go to the plain side, `plain_out[plain_pos..]`.
-    plain_out: Vec<u8>,
-    plain_pos: usize,
-    /// Receive buffer for the plain side.
-    plain_in: Vec<u8>,
-    /// Ciphertext waiting to go to the TLS side is `tls.tx[tls_pos..]`.
-    tls_pos: usize,
+    records: &'a mut RecordLayer<D>,
+
+    /// TLS to plain: ciphertext in `rx[..rx_len]`; records before `rx_pos` are opened
+    /// and their plaintext ranges wait in `plain_ranges` (first `plain_sent` bytes gone).
+    rx: Option<PoolBuf>,
+    rx_len: usize,
+    rx_pos: usize,
+    plain_ranges: Vec<Range<usize>>,
+    plain_sent: usize,
+
+    /// plain to TLS: sealed records in `tx[tx_pos..tx_end]`.
+    tx: Option<PoolBuf>,
+    tx_pos: usize,
+    tx_end: usize,
+
+    tls_readable: bool,
+    plain_readable: bool,
+    tls_writable: bool,
+    plain_writable: bool,
     tls_eof: bool,
     plain_eof: bool,
     plain_shut: bool,
@@ -103,267 +148,416 @@ struct Pump<'a> {
     stats: PumpStats,
 }
 
-/// Moves bytes until both directions are done, a side fails, or `stop` is signalled.
-pub async fn pump(tls: &mut TlsSession, plain: &Socket, stop: &StopSignal) -> (PumpEnd, PumpStats) {
-    let tls_pos = tls.tx.len(); // nothing pending: the handshake flushed everything
-    let mut pump = Pump {
-        tls,
-        plain,
-        ops: InFlight::default(),
-        plain_out: Vec::with_capacity(PLAIN_RX_CAPACITY),
-        plain_pos: 0,
-        plain_in: Vec::with_capacity(PLAIN_RX_CAPACITY),
-        tls_pos,
-        tls_eof: false,
-        plain_eof: false,
-        plain_shut: false,
-        tls_shut: false,
-        close_notify_sent: false,
-        first_close: None,
-        stats: PumpStats::default(),
-    };
-    // Plaintext that arrived with the last handshake flight is already inside rustls.
-    if let Err(end) = pump.drain_plaintext() {
-        return (end, pump.stats);
-    }
-    let end = pump.run(stop).await;
-    (end, pump.stats)
+/// The readiness reports one wait may bring.
+#[derive(Default)]
+struct Ready {
+    stop: Option<CloseReason>,
+    tls_in: bool,
+    plain_in: bool,
+    tls_out: bool,
+    plain_out: bool,
+    error: Option<(Side, io::Error)>,
 }
 
-impl Pump<'_> {
+impl<'a, D> Pump<'a, D>
+where
+    KernelConnection<D>: TicketSink,
+{
+    fn new(tls: &'a Socket, records: &'a mut RecordLayer<D>, plain: &'a Socket) -> Self {
+        Pump {
+            tls,
+            plain,
+            records,
+            rx: None,
+            rx_len: 0,
+            rx_pos: 0,
+            plain_ranges: Vec::with_capacity(RECORDS_PER_BUFFER),
+            plain_sent: 0,
+            tx: None,
+            tx_pos: 0,
+            tx_end: 0,
+            // Data may already be waiting; a read that finds none costs one EAGAIN.
+            tls_readable: true,
+            plain_readable: true,
+            tls_writable: true,
+            plain_writable: true,
+            tls_eof: false,
+            plain_eof: false,
+            plain_shut: false,
+            tls_shut: false,
+            close_notify_sent: false,
+            first_close: None,
+            stats: PumpStats::default(),
+        }
+    }
+
     async fn run(&mut self, stop: &StopSignal) -> PumpEnd {
+        let mut tls_in = PollMulti::new(self.tls.as_raw_fd(), libc::POLLIN);
+        let mut plain_in = PollMulti::new(self.plain.as_raw_fd(), libc::POLLIN);
+        let mut tls_out: Option<PollOnce> = None;
+        let mut plain_out: Option<PollOnce> = None;
         loop {
-            self.arm();
+            if let Err(end) = self.drive() {
+                return end;
+            }
             if self.plain_shut && self.tls_shut {
                 return PumpEnd::Closed {
                     first: self.first_close.unwrap_or(Side::Tls),
                 };
             }
-            let event = self.next_event(stop).await;
-            if let Err(end) = self.handle(event) {
-                return end;
+            if !self.tls_writable && tls_out.is_none() {
+                tls_out = Some(uring::poll(self.tls.as_raw_fd(), libc::POLLOUT));
             }
+            if !self.plain_writable && plain_out.is_none() {
+                plain_out = Some(uring::poll(self.plain.as_raw_fd(), libc::POLLOUT));
+            }
+
+            let ready = poll_fn(|cx| {
+                let mut ready = Ready::default();
+                let mut any = false;
+                if let Poll::Ready(reason) = stop.poll_stopped(cx) {
+                    ready.stop = Some(reason);
+                    any = true;
+                }
+                for (poll, flag, side) in [
+                    (&mut tls_in, &mut ready.tls_in, Side::Tls),
+                    (&mut plain_in, &mut ready.plain_in, Side::Plain),
+                ] {
+                    match poll.poll_next(cx) {
+                        Poll::Ready(Ok(_)) => *flag = true,
+                        Poll::Ready(Err(err)) => ready.error = Some((side, err)),
+                        Poll::Pending => continue,
+                    }
+                    any = true;
+                }
+                for (wait, flag) in [
+                    (&mut tls_out, &mut ready.tls_out),
+                    (&mut plain_out, &mut ready.plain_out),
+                ] {
+                    if let Some(fut) = wait
+                        && Pin::new(fut).poll(cx).is_ready()
+                    {
+                        *wait = None;
+                        *flag = true;
+                        any = true;
+                    }
+                }
+                if any {
+                    Poll::Ready(ready)
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await;
+
+            if let Some(reason) = ready.stop {
+                return PumpEnd::Stopped(reason);
+            }
+            if let Some((side, err)) = ready.error {
+                return PumpEnd::Failed {
+                    side,
+                    error: PumpError::Io(err),
+                };
+            }
+            self.tls_readable |= ready.tls_in;
+            self.plain_readable |= ready.plain_in;
+            self.tls_writable |= ready.tls_out;
+            self.plain_writable |= ready.plain_out;
         }
     }
 
-    /// Starts every operation that can make progress now, and propagates half-closes.
-    fn arm(&mut self) {
-        let tls_fd = self.tls.sock.as_raw_fd();
-        let plain_fd = self.plain.as_raw_fd();
-
-        // TLS -> plain: read ciphertext only when the previous plaintext is all sent.
-        let plain_pending = self.plain_pos < self.plain_out.len();
-        let plain_busy = plain_pending || self.ops.plain_tx.is_some();
-        if self.ops.tls_rx.is_none() && !self.tls_eof && !plain_busy {
-            if self.tls.rx.len() == self.tls.rx.capacity() {
-                self.tls.rx.reserve(TLS_RX_CAPACITY);
-            }
-            self.ops.tls_rx = Some(uring::recv(tls_fd, std::mem::take(&mut self.tls.rx)));
-        }
-        if self.ops.plain_tx.is_none() && plain_pending {
-            let range = self.plain_pos..self.plain_out.len();
-            let buf = std::mem::take(&mut self.plain_out);
-            self.ops.plain_tx = Some(uring::send(plain_fd, buf, range));
-        }
-        let plain_busy = self.plain_pos < self.plain_out.len() || self.ops.plain_tx.is_some();
-        if self.tls_eof && !plain_busy && !self.plain_shut {
-            // A peer that already closed its socket makes shutdown fail; either way
-            // this direction is finished.
-            let _ = SockRef::from(self.plain.as_fd()).shutdown(Shutdown::Write);
-            self.plain_shut = true;
-        }
-
-        // plain -> TLS: encrypt what was read, send it, and only then read more.
-        if self.plain_eof && !self.close_notify_sent {
-            self.tls.conn.send_close_notify();
-            self.close_notify_sent = true;
-        }
-        if self.ops.tls_tx.is_none() {
-            if self.tls_pos == self.tls.tx.len() && self.tls.conn.wants_write() {
-                self.tls.tx.clear();
-                self.tls_pos = 0;
-                // Writing into a Vec cannot fail.
-                let _ = self.tls.conn.write_tls(&mut self.tls.tx);
-            }
-            if self.tls_pos < self.tls.tx.len() {
-                let range = self.tls_pos..self.tls.tx.len();
-                let buf = std::mem::take(&mut self.tls.tx);
-                self.ops.tls_tx = Some(uring::send(tls_fd, buf, range));
-            }
-        }
-        let tls_pending = self.ops.tls_tx.is_some() || self.tls.conn.wants_write();
-        if self.ops.plain_rx.is_none() && !self.plain_eof && !tls_pending {
-            self.plain_in.clear();
-            let buf = std::mem::take(&mut self.plain_in);
-            self.ops.plain_rx = Some(uring::recv(plain_fd, buf));
-        }
-        if self.close_notify_sent && !tls_pending && !self.tls_shut {
-            let _ = SockRef::from(self.tls.sock.as_fd()).shutdown(Shutdown::Write);
-            self.tls_shut = true;
-        }
-    }
-
-    /// Waits for the first operation to complete (or the stop signal). The others stay
-    /// in flight, untouched.
-    async fn next_event(&mut self, stop: &StopSignal) -> Event {
-        let ops = &mut self.ops;
-        poll_fn(|cx| {
-            if let Poll::Ready(reason) = stop.poll_stopped(cx) {
-                return Poll::Ready(Event::Stop(reason));
-            }
-            if let Some(r) = poll_op(&mut ops.tls_rx, cx) {
-                return Poll::Ready(Event::TlsRx(r));
-            }
-            if let Some(r) = poll_op(&mut ops.plain_tx, cx) {
-                return Poll::Ready(Event::PlainTx(r));
-            }
-            if let Some(r) = poll_op(&mut ops.plain_rx, cx) {
-                return Poll::Ready(Event::PlainRx(r));
-            }
-            if let Some(r) = poll_op(&mut ops.tls_tx, cx) {
-                return Poll::Ready(Event::TlsTx(r));
-            }
-            Poll::Pending
-        })
-        .await
-    }
-
-    fn handle(&mut self, event: Event) -> Result<(), PumpEnd> {
-        match event {
-            Event::Stop(reason) => Err(PumpEnd::Stopped(reason)),
-            Event::TlsRx((res, buf)) => {
-                self.tls.rx = buf;
-                match res.or_else(reset_is_eof) {
-                    Ok(0) => {
-                        self.tls_eof = true;
-                        self.first_close.get_or_insert(Side::Tls);
-                        Ok(())
-                    }
-                    Ok(_) => self.decrypt(),
-                    Err(err) => Err(failed(Side::Tls, err)),
-                }
-            }
-            Event::PlainTx((res, buf)) => {
-                self.plain_out = buf;
-                match res {
-                    Ok(n) => {
-                        self.plain_pos += n;
-                        if self.plain_pos == self.plain_out.len() {
-                            self.plain_out.clear();
-                            self.plain_pos = 0;
-                        }
-                        Ok(())
-                    }
-                    // The plain peer already said goodbye: what it has not taken is moot.
-                    Err(_) if self.plain_eof => {
-                        self.discard_plain_out();
-                        Ok(())
-                    }
-                    Err(err) => Err(failed(Side::Plain, err)),
-                }
-            }
-            Event::PlainRx((res, buf)) => {
-                self.plain_in = buf;
-                match res.or_else(reset_is_eof) {
-                    Ok(0) => {
-                        self.plain_eof = true;
-                        self.first_close.get_or_insert(Side::Plain);
-                        Ok(())
-                    }
-                    Ok(n) => {
-                        self.stats.to_tls += n as u64;
-                        self.tls
-                            .conn
-                            .writer()
-                            .write_all(&self.plain_in[..n])
-                            .map_err(|err| failed(Side::Tls, err))
-                    }
-                    Err(err) => Err(failed(Side::Plain, err)),
-                }
-            }
-            Event::TlsTx((res, buf)) => {
-                self.tls.tx = buf;
-                match res {
-                    Ok(n) => {
-                        self.tls_pos += n;
-                        Ok(())
-                    }
-                    Err(_) if self.tls_eof => {
-                        // The TLS peer is gone; nothing more can reach it.
-                        self.tls_pos = self.tls.tx.len();
-                        self.plain_eof = true;
-                        self.close_notify_sent = true;
-                        self.tls_shut = true;
-                        Ok(())
-                    }
-                    Err(err) => Err(failed(Side::Tls, err)),
-                }
-            }
-        }
-    }
-
-    /// Feeds received ciphertext to rustls and collects the plaintext for the plain side.
-    fn decrypt(&mut self) -> Result<(), PumpEnd> {
+    /// Makes all the progress possible without waiting.
+    fn drive(&mut self) -> Result<(), PumpEnd> {
         loop {
-            let before = self.tls.rx.len();
-            if let Err(err) = self.tls.feed() {
-                // rustls queued an alert; the send loop flushes it if the session lingers,
-                // but a TLS error ends the session, so this is the last word.
-                return Err(PumpEnd::Failed {
-                    side: Side::Tls,
-                    error: PumpError::Tls(err),
-                });
-            }
-            self.drain_plaintext()?;
-            if self.tls.rx.is_empty() || self.tls.rx.len() == before {
+            let inbound = self.inbound()?;
+            let outbound = self.outbound()?;
+            if !inbound && !outbound {
                 return Ok(());
             }
         }
     }
 
-    /// Moves all plaintext rustls holds into `plain_out`; close_notify ends the direction.
-    fn drain_plaintext(&mut self) -> Result<(), PumpEnd> {
-        let before = self.plain_out.len();
-        let result = self.tls.conn.reader().read_to_end(&mut self.plain_out);
-        self.stats.from_tls += (self.plain_out.len() - before) as u64;
-        match result {
-            // Ok means close_notify: the TLS peer will send nothing more.
-            Ok(_) => {
+    /// TLS to plain. Returns whether anything happened.
+    fn inbound(&mut self) -> Result<bool, PumpEnd> {
+        // Plaintext opened earlier goes out first.
+        if !self.plain_ranges.is_empty() {
+            if !self.plain_writable {
+                return Ok(false);
+            }
+            return self.send_plaintext();
+        }
+
+        // Keep only an incomplete record, moved to the front; an empty buffer goes back.
+        if self.rx_pos > 0 {
+            if let Some(rx) = self.rx.as_mut() {
+                rx.copy_within(self.rx_pos..self.rx_len, 0);
+            }
+            self.rx_len -= self.rx_pos;
+            self.rx_pos = 0;
+        }
+        if self.rx_len == 0 {
+            self.rx = None;
+        }
+
+        if self.tls_eof {
+            if !self.plain_shut {
+                // A peer that already closed its socket makes shutdown fail; either way
+                // this direction is finished.
+                let _ = SockRef::from(self.plain.as_fd()).shutdown(Shutdown::Write);
+                self.plain_shut = true;
+                return Ok(true);
+            }
+            return Ok(false);
+        }
+        if !self.tls_readable {
+            return Ok(false);
+        }
+
+        let rx = self.rx.get_or_insert_with(PoolBuf::take);
+        let space = rx.len() - self.rx_len;
+        match net::recv(self.tls.as_raw_fd(), &mut rx[self.rx_len..]) {
+            Ok(0) => {
                 self.tls_eof = true;
                 self.first_close.get_or_insert(Side::Tls);
-                Ok(())
+                return Ok(true);
             }
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Ok(n) => {
+                self.rx_len += n;
+                // A short read drained the socket; the poll reports anything newer.
+                self.tls_readable = n == space;
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                self.tls_readable = false;
+                return Ok(false);
+            }
+            Err(err) if err.kind() == io::ErrorKind::ConnectionReset => {
+                self.tls_eof = true;
+                self.first_close.get_or_insert(Side::Tls);
+                return Ok(true);
+            }
+            Err(err) => return Err(failed(Side::Tls, err)),
+        }
+        self.open_records()?;
+        Ok(true)
+    }
+
+    /// Opens every complete record in the buffer, queueing the plaintext ranges.
+    fn open_records(&mut self) -> Result<(), PumpEnd> {
+        let Some(rx) = self.rx.as_mut() else {
+            return Ok(());
+        };
+        let mut pos = self.rx_pos;
+        while self.rx_len - pos >= HEADER_LEN && !self.tls_eof {
+            let body = usize::from(u16::from_be_bytes([rx[pos + 3], rx[pos + 4]]));
+            if body > MAX_CIPHERTEXT {
+                return Err(PumpEnd::Failed {
+                    side: Side::Tls,
+                    error: PumpError::Record(RecordError::Overflow(body)),
+                });
+            }
+            let end = pos + HEADER_LEN + body;
+            if end > self.rx_len {
+                break;
+            }
+            match self.records.open(&mut rx[pos..end]) {
+                Ok(Opened::Data(range)) if !range.is_empty() => {
+                    self.plain_ranges.push(pos + range.start..pos + range.end);
+                }
+                Ok(Opened::Data(_) | Opened::Handled) => {}
+                Ok(Opened::CloseNotify) => {
+                    self.tls_eof = true;
+                    self.first_close.get_or_insert(Side::Tls);
+                }
+                Err(err) => {
+                    return Err(PumpEnd::Failed {
+                        side: Side::Tls,
+                        error: err.into(),
+                    });
+                }
+            }
+            pos = end;
+        }
+        self.rx_pos = pos;
+        Ok(())
+    }
+
+    fn send_plaintext(&mut self) -> Result<bool, PumpEnd> {
+        let Some(rx) = self.rx.as_ref() else {
+            self.plain_ranges.clear();
+            return Ok(true);
+        };
+        let mut slices: [IoSlice<'_>; RECORDS_PER_BUFFER * 2] =
+            [IoSlice::new(&[]); RECORDS_PER_BUFFER * 2];
+        let mut count = 0;
+        let mut skip = self.plain_sent;
+        for range in &self.plain_ranges {
+            if count == slices.len() {
+                break;
+            }
+            let len = range.len();
+            if skip >= len {
+                skip -= len;
+                continue;
+            }
+            slices[count] = IoSlice::new(&rx[range.start + skip..range.end]);
+            skip = 0;
+            count += 1;
+        }
+        match net::send_vectored(self.plain.as_raw_fd(), &slices[..count]) {
+            Ok(n) => {
+                self.stats.from_tls += n as u64;
+                self.plain_sent += n;
+                let total: usize = self.plain_ranges.iter().map(Range::len).sum();
+                if self.plain_sent >= total {
+                    self.plain_ranges.clear();
+                    self.plain_sent = 0;
+                }
+                Ok(true)
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                self.plain_writable = false;
+                Ok(false)
+            }
+            // The plain peer is gone after saying goodbye: what it has not taken is moot.
+            Err(_) if self.plain_eof => {
+                self.plain_ranges.clear();
+                self.plain_sent = 0;
+                Ok(true)
+            }
+            Err(err) => Err(failed(Side::Plain, err)),
+        }
+    }
+
+    /// plain to TLS. Returns whether anything happened.
+    fn outbound(&mut self) -> Result<bool, PumpEnd> {
+        if self.tx_pos < self.tx_end {
+            if !self.tls_writable {
+                return Ok(false);
+            }
+            return self.send_records();
+        }
+        self.tx_pos = 0;
+        self.tx_end = 0;
+
+        // Control records (a KeyUpdate answer) go before anything sealed after them.
+        if let Some(control) = self.records.take_control() {
+            let tx = self.tx.get_or_insert_with(PoolBuf::take);
+            tx[..control.len()].copy_from_slice(&control);
+            self.tx_end = control.len();
+            return Ok(true);
+        }
+        if self.records.needs_rekey() {
+            self.records.rekey().map_err(|err| PumpEnd::Failed {
+                side: Side::Tls,
+                error: err.into(),
+            })?;
+            return Ok(true);
+        }
+        if self.plain_eof && !self.close_notify_sent {
+            let tx = self.tx.get_or_insert_with(PoolBuf::take);
+            self.tx_end = self.records.seal_alert(tx, 0);
+            self.close_notify_sent = true;
+            return Ok(true);
+        }
+        if self.close_notify_sent {
+            self.tx = None;
+            if !self.tls_shut {
+                let _ = SockRef::from(self.tls.as_fd()).shutdown(Shutdown::Write);
+                self.tls_shut = true;
+                return Ok(true);
+            }
+            return Ok(false);
+        }
+        if self.plain_eof || !self.plain_readable {
+            self.tx = None;
+            return Ok(false);
+        }
+
+        // Read plaintext straight into record-shaped slots.
+        let tx = self.tx.get_or_insert_with(PoolBuf::take);
+        let n = {
+            let mut slots = tx[..RECORDS_PER_BUFFER * SEALED_SLOT]
+                .chunks_exact_mut(SEALED_SLOT)
+                .map(|slot| IoSliceMut::new(&mut slot[HEADER_LEN..HEADER_LEN + MAX_PLAINTEXT]));
+            let mut iov: [IoSliceMut<'_>; RECORDS_PER_BUFFER] =
+                std::array::from_fn(|_| slots.next().unwrap_or_else(|| IoSliceMut::new(&mut [])));
+            net::readv(self.plain.as_raw_fd(), &mut iov)
+        };
+        match n {
+            Ok(0) => {
+                self.plain_eof = true;
+                self.first_close.get_or_insert(Side::Plain);
+                Ok(true)
+            }
+            Ok(n) => {
+                self.stats.to_tls += n as u64;
+                self.plain_readable = n == RECORDS_PER_BUFFER * MAX_PLAINTEXT;
+                let (full, rest) = (n / MAX_PLAINTEXT, n % MAX_PLAINTEXT);
+                for i in 0..full {
+                    self.records.seal_data(
+                        &mut tx[i * SEALED_SLOT..(i + 1) * SEALED_SLOT],
+                        MAX_PLAINTEXT,
+                    );
+                }
+                self.tx_end = full * SEALED_SLOT;
+                if rest > 0 {
+                    let start = full * SEALED_SLOT;
+                    self.tx_end += self
+                        .records
+                        .seal_data(&mut tx[start..start + SEALED_SLOT], rest);
+                }
+                Ok(true)
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                self.plain_readable = false;
+                self.tx = None;
+                Ok(false)
+            }
+            Err(err) if err.kind() == io::ErrorKind::ConnectionReset => {
+                self.plain_eof = true;
+                self.first_close.get_or_insert(Side::Plain);
+                Ok(true)
+            }
+            Err(err) => Err(failed(Side::Plain, err)),
+        }
+    }
+
+    fn send_records(&mut self) -> Result<bool, PumpEnd> {
+        let Some(tx) = self.tx.as_ref() else {
+            self.tx_pos = self.tx_end;
+            return Ok(true);
+        };
+        match net::send(self.tls.as_raw_fd(), &tx[self.tx_pos..self.tx_end]) {
+            Ok(n) => {
+                self.tx_pos += n;
+                Ok(true)
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                self.tls_writable = false;
+                Ok(false)
+            }
+            Err(_) if self.tls_eof => {
+                // The TLS peer is gone; nothing more can reach it.
+                self.tx_pos = self.tx_end;
+                self.plain_eof = true;
+                self.close_notify_sent = true;
+                self.tls_shut = true;
+                Ok(true)
+            }
             Err(err) => Err(failed(Side::Tls, err)),
         }
     }
 
-    fn discard_plain_out(&mut self) {
-        self.plain_out.clear();
-        self.plain_pos = 0;
-    }
-}
-
-fn poll_op(op: &mut Option<BufOp>, cx: &mut std::task::Context<'_>) -> Option<BufResult> {
-    let fut = op.as_mut()?;
-    match Pin::new(fut).poll(cx) {
-        Poll::Ready(result) => {
-            *op = None;
-            Some(result)
+    /// Last words on the TLS side, best effort and without waiting: an alert (or
+    /// close_notify when `description` is 0).
+    fn send_alert(&mut self, description: u8) {
+        if self.close_notify_sent || self.tls_shut {
+            return;
         }
-        Poll::Pending => None,
-    }
-}
-
-/// A reset while receiving counts as the end of that direction. PostgreSQL routinely
-/// causes one: after a Terminate message its backend exits without reading the client's
-/// final TLS close_notify, and the kernel answers the unread bytes with RST. Treating it
-/// as an error would mark ordinary logouts as failures.
-fn reset_is_eof(err: io::Error) -> io::Result<usize> {
-    if err.kind() == io::ErrorKind::ConnectionReset {
-        Ok(0)
-    } else {
-        Err(err)
+        let mut buf = [0u8; HEADER_LEN + 2 + 1 + crate::tls::record::TAG_LEN];
+        let len = self.records.seal_alert(&mut buf, description);
+        let _ = net::send(self.tls.as_raw_fd(), &buf[..len]);
+        self.close_notify_sent = true;
     }
 }
 
@@ -373,3 +567,5 @@ fn failed(side: Side, err: io::Error) -> PumpEnd {
         error: PumpError::Io(err),
     }
 }
+
+const _: () = assert!(BUFFER_SIZE >= RECORDS_PER_BUFFER * SEALED_SLOT);

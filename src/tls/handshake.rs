@@ -239,6 +239,12 @@ async fn transmit(sock: &Socket, outgoing: &mut Vec<u8>) -> Result<(), Handshake
 async fn read_record(sock: &Socket, buf: &mut Vec<u8>) -> Result<(), HandshakeError> {
     let start = buf.len();
     read_exact(sock, buf, HEADER_LEN).await?;
+    // Not a TLS record header (an HTTP request, say): do not wait for a body that will
+    // never come; rustls rejects the header at once and its alert goes out.
+    let content_type = buf[start];
+    if !(20..=23).contains(&content_type) || buf[start + 1] != 3 {
+        return Ok(());
+    }
     let body = usize::from(u16::from_be_bytes([buf[start + 3], buf[start + 4]]));
     if body > MAX_CIPHERTEXT {
         return Err(HandshakeError::Protocol("record larger than TLS allows"));

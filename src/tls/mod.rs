@@ -24,6 +24,7 @@ use rustls_pki_types::{
 pub mod client_hello;
 pub mod handshake;
 pub mod record;
+pub mod tickets;
 
 use crate::audit::DenyReason;
 use crate::pki;
@@ -80,6 +81,7 @@ pub fn server_config(
     key: PrivateKeyDer<'static>,
     client_roots: RootCertStore,
     crls: Vec<CertificateRevocationListDer<'static>>,
+    ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>,
 ) -> Result<ServerConfig, rustls::Error> {
     let provider = provider();
     // With a CRL, a certificate whose revocation status it cannot establish (issued by
@@ -94,9 +96,17 @@ pub fn server_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![ALPN_PGTUNNEL.to_vec()];
-    // libpq never resumes, and the agent does not yet either: tickets would be wasted
-    // work on every handshake (docs/limitations.md).
-    config.send_tls13_tickets = 0;
+    // The record layer after the handshake is ours (or the kernel's): rustls must hand
+    // over the traffic secrets.
+    config.enable_secret_extraction = true;
+    // One ticket per connection is all an agent needs to resume its next tunnel.
+    match ticketer {
+        Some(ticketer) => {
+            config.ticketer = ticketer;
+            config.send_tls13_tickets = 1;
+        }
+        None => config.send_tls13_tickets = 0,
+    }
     Ok(config)
 }
 
@@ -129,6 +139,7 @@ pub fn client_config(
         .with_client_auth_cert(chain, private_key)
         .map_err(|err| cert_key_error(cert, key, err))?;
     config.alpn_protocols = vec![ALPN_PGTUNNEL.to_vec()];
+    config.enable_secret_extraction = true;
     Ok(config)
 }
 

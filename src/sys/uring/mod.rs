@@ -10,8 +10,8 @@ mod ops;
 mod runtime;
 
 pub use ops::{
-    BufOp, BufResult, Elapsed, Incoming, PollMulti, Socket, connect, flush_submissions, poll, read,
-    recv, recv_limit, send, send_all, sleep, timeout,
+    BufOp, BufResult, Elapsed, Incoming, PollMulti, PollOnce, Socket, connect, flush_submissions,
+    poll, read, recv, recv_limit, send, send_all, sleep, timeout,
 };
 pub use runtime::{Runtime, spawn, yield_now};
 

@@ -251,16 +251,33 @@ impl Completable for PollData {
     }
 }
 
-/// Waits until `fd` is ready for `events` (POLLIN, POLLOUT, ...); returns the events.
-pub async fn poll(fd: RawFd, events: i16) -> io::Result<u32> {
+/// Waits once until `fd` is ready for `events` (POLLIN, POLLOUT, ...); yields the
+/// events. A named future, so a pump can keep one in a field without boxing.
+pub fn poll(fd: RawFd, events: i16) -> PollOnce {
     // SAFETY: a poll entry points at no memory.
     let op = unsafe {
         Op::submit(PollData, |_| {
-            opcode::PollAdd::new(types::Fd(fd), events as u32).build()
+            opcode::PollAdd::new(types::Fd(fd), events as u16 as u32).build()
         })
+    };
+    PollOnce(op.map_err(|(err, _)| Some(err)))
+}
+
+/// The future of [`poll`]. Dropping it cancels the poll.
+pub struct PollOnce(Result<Op<PollData>, Option<io::Error>>);
+
+impl Future for PollOnce {
+    type Output = io::Result<u32>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<u32>> {
+        match &mut self.0 {
+            Ok(op) => Pin::new(op).poll(cx),
+            Err(err) => match err.take() {
+                Some(err) => Poll::Ready(Err(err)),
+                None => Poll::Pending,
+            },
+        }
     }
-    .map_err(|(err, _)| err)?;
-    op.await
 }
 
 struct SleepData {
