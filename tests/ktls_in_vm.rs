@@ -13,6 +13,8 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -20,9 +22,10 @@ use std::time::{Duration, Instant};
 use pgtunnel::audit::CloseReason;
 use pgtunnel::pki::{Ca, IssuedCert, Validity};
 use pgtunnel::pump::ktls::{KernelKeys, hand_off, pump_ktls};
-use pgtunnel::pump::{PumpEnd, PumpStats, Side, StopSignal};
-use pgtunnel::sys::uring::{Runtime, Socket};
+use pgtunnel::pump::{PumpEnd, PumpError, PumpStats, Side, StopSignal};
+use pgtunnel::sys::uring::{self, Runtime, Socket};
 use pgtunnel::tls::handshake::handshake;
+use pgtunnel::tls::record::RecordError;
 use pgtunnel::tls::tickets::RotatingTicketer;
 use rustls::pki_types::ServerName;
 use rustls::server::UnbufferedServerConnection;
@@ -35,7 +38,7 @@ use sha2::{Digest, Sha256};
 /// Everything in the VM runs under TCG emulation, far slower than the host.
 const DEADLINE: Duration = Duration::from_secs(120);
 
-/// Payload each way in the per-suite test: several MiB, so that many full records, pipe
+/// Payload each way in the per-suite test: 2 MiB, so that many full records, pipe
 /// refills and full socket buffers happen.
 const BULK: usize = 2 << 20;
 
@@ -73,8 +76,8 @@ fn client_close_notify_ends_one_direction_and_the_answer_still_arrives() {
     let started = Instant::now();
     let pki = Pki::new();
     let request = pattern(256 << 10, 7);
-    let (gateway, upstream_rx, addr) = start(&pki, Upstream::DigestAfterEof);
-    let mut client = Client::connect(addr, &pki, None);
+    let (gateway, upstream_rx) = start(&pki, Upstream::DigestAfterEof);
+    let mut client = Client::connect(gateway.addr, &pki, None);
 
     let mut received = Vec::new();
     let end = client
@@ -97,8 +100,7 @@ fn client_close_notify_ends_one_direction_and_the_answer_still_arrives() {
         PeerEnd::CloseNotify,
         "the gateway closes with close_notify"
     );
-    let outcome = gateway.recv_timeout(DEADLINE).expect("gateway result");
-    let outcome = outcome.expect("gateway session");
+    let outcome = gateway.outcome();
     assert!(
         matches!(outcome.end, PumpEnd::Closed { first: Side::Tls }),
         "the client closed first, got {:?}",
@@ -123,8 +125,8 @@ fn client_key_update_rekeys_or_closes_with_key_update_unsupported() {
     let pki = Pki::new();
     let before = pattern(200 << 10, 3);
     let after = pattern(100 << 10, 4);
-    let (gateway, upstream_rx, addr) = start(&pki, Upstream::Echo);
-    let mut client = Client::connect(addr, &pki, None);
+    let (gateway, upstream_rx) = start(&pki, Upstream::Echo);
+    let mut client = Client::connect(gateway.addr, &pki, None);
 
     let mut echoed = Vec::new();
     let end = client
@@ -162,10 +164,7 @@ fn client_key_update_rekeys_or_closes_with_key_update_unsupported() {
         client
             .drive(&[], true, &mut rest, |_, _| false)
             .expect("closing after the KeyUpdate");
-        let outcome = gateway
-            .recv_timeout(DEADLINE)
-            .expect("gateway result")
-            .expect("gateway session");
+        let outcome = gateway.outcome();
         assert!(
             matches!(outcome.end, PumpEnd::Closed { .. }),
             "a re-keyed session ends normally, got {:?}",
@@ -190,10 +189,7 @@ fn client_key_update_rekeys_or_closes_with_key_update_unsupported() {
             "nothing sent after the KeyUpdate may come back, got {} bytes",
             echoed.len()
         );
-        let outcome = gateway
-            .recv_timeout(DEADLINE)
-            .expect("gateway result")
-            .expect("gateway session");
+        let outcome = gateway.outcome();
         assert!(
             matches!(
                 outcome.end,
@@ -230,13 +226,101 @@ fn client_key_update_rekeys_or_closes_with_key_update_unsupported() {
     );
 }
 
+/// A record that does not authenticate ends the session as a TLS failure of the
+/// client's making, and the client is told bad_record_mac.
+#[test]
+#[ignore = "needs kernel TLS: run scripts/ktls-vm"]
+fn a_tampered_record_ends_the_session_with_bad_record_mac() {
+    let pki = Pki::new();
+    let (gateway, upstream_rx) = start(&pki, Upstream::Echo);
+    let mut client = Client::connect(gateway.addr, &pki, None);
+    let mut echoed = Vec::new();
+    client
+        .drive(b"intact", false, &mut echoed, |got, _| got.len() >= 6)
+        .expect("exchange before tampering");
+    assert_eq!(echoed, b"intact", "the session works before the bad record");
+
+    // An application-data record of the right shape under no key at all.
+    let mut forged = vec![23, 3, 3, 0, 40];
+    forged.extend(pattern(40, 9));
+    client
+        .sock
+        .write_all(&forged)
+        .expect("sending the forged record");
+    let mut rest = Vec::new();
+    let result = client.drive(&[], false, &mut rest, |_, _| false);
+
+    let outcome = gateway.outcome();
+    assert!(
+        matches!(
+            &outcome.end,
+            PumpEnd::Failed {
+                side: Side::Tls,
+                error: PumpError::Record(RecordError::BadRecordMac),
+            }
+        ),
+        "a forged record is bad_record_mac from the client, got {:?}",
+        outcome.end
+    );
+    let told = match &result {
+        Err(err) => err.contains("BadRecordMac") || err.contains("bad_record_mac"),
+        Ok(_) => false,
+    };
+    assert!(
+        told,
+        "the client must receive the bad_record_mac alert, got {result:?}"
+    );
+    let upstream = upstream_rx.recv_timeout(DEADLINE).expect("upstream result");
+    assert_eq!(
+        upstream.received_len, 6,
+        "nothing forged reaches the upstream"
+    );
+    println!(
+        "RESULT tampered record: {:?}, client told: {result:?}",
+        outcome.end
+    );
+}
+
+/// The session's owner stops it (revocation, expiry, shutdown): the client gets a real
+/// close_notify from the kernel, and the reason is the owner's.
+#[test]
+#[ignore = "needs kernel TLS: run scripts/ktls-vm"]
+fn a_session_stopped_by_its_owner_ends_with_close_notify() {
+    let pki = Pki::new();
+    let (gateway, _upstream_rx) = start(&pki, Upstream::Echo);
+    let mut client = Client::connect(gateway.addr, &pki, None);
+    let mut echoed = Vec::new();
+    client
+        .drive(b"still here", false, &mut echoed, |got, _| got.len() >= 10)
+        .expect("exchange before the stop");
+    assert_eq!(echoed, b"still here", "the session works before the stop");
+
+    gateway.stop.store(true, Ordering::Release);
+    let mut rest = Vec::new();
+    let end = client
+        .drive(&[], false, &mut rest, |_, _| false)
+        .expect("client after the stop");
+    assert_eq!(
+        end,
+        PeerEnd::CloseNotify,
+        "a stopped session says close_notify"
+    );
+    let outcome = gateway.outcome();
+    assert!(
+        matches!(outcome.end, PumpEnd::Stopped(CloseReason::Revoked)),
+        "the owner's reason ends the session, got {:?}",
+        outcome.end
+    );
+    println!("RESULT owner stop: {:?}, client saw {end:?}", outcome.end);
+}
+
 fn bulk_both_ways(suite: CipherSuite) {
     let started = Instant::now();
     let pki = Pki::new();
     let upload = pattern(BULK, 1);
     let download = pattern(BULK + 12345, 2);
-    let (gateway, upstream_rx, addr) = start(&pki, Upstream::SinkAndSend(download.clone()));
-    let mut client = Client::connect(addr, &pki, Some(suite));
+    let (gateway, upstream_rx) = start(&pki, Upstream::SinkAndSend(download.clone()));
+    let mut client = Client::connect(gateway.addr, &pki, Some(suite));
     let negotiated = client.conn.negotiated_cipher_suite().map(|s| s.suite());
     assert_eq!(negotiated, Some(suite), "the client forces one suite");
 
@@ -246,10 +330,7 @@ fn bulk_both_ways(suite: CipherSuite) {
         .expect("client exchange");
 
     let upstream = upstream_rx.recv_timeout(DEADLINE).expect("upstream result");
-    let outcome = gateway
-        .recv_timeout(DEADLINE)
-        .expect("gateway result")
-        .expect("gateway session");
+    let outcome = gateway.outcome();
     assert_eq!(
         (upstream.received_len, upstream.received_sha256),
         (upload.len(), sha256(&upload)),
@@ -325,14 +406,25 @@ impl<K: KernelKeys> KernelKeys for Counting<K> {
 
 /// Starts the upstream and a one-session gateway in front of it; returns the gateway's
 /// outcome channel, the upstream's result channel, and the address to connect to.
-fn start(
-    pki: &Pki,
-    upstream: Upstream,
-) -> (
-    mpsc::Receiver<Result<Outcome, String>>,
-    mpsc::Receiver<UpstreamResult>,
-    SocketAddr,
-) {
+/// A one-session gateway: where to connect, how to stop it, and how it ended.
+struct Gateway {
+    addr: SocketAddr,
+    /// Set it to make the session's owner stop it (as revocation does).
+    stop: Arc<AtomicBool>,
+    outcome: mpsc::Receiver<Result<Outcome, String>>,
+}
+
+impl Gateway {
+    fn outcome(&self) -> Outcome {
+        self.outcome
+            .recv_timeout(DEADLINE)
+            .expect("gateway result in time")
+            .expect("gateway session")
+    }
+}
+
+/// Starts the upstream and a one-session gateway in front of it.
+fn start(pki: &Pki, upstream: Upstream) -> (Gateway, mpsc::Receiver<UpstreamResult>) {
     let upstream_listener = TcpListener::bind("127.0.0.1:0").expect("upstream listener");
     let upstream_addr = upstream_listener.local_addr().unwrap();
     let upstream_rx = run_upstream(upstream_listener, upstream);
@@ -340,17 +432,25 @@ fn start(
     let listener = TcpListener::bind("127.0.0.1:0").expect("gateway listener");
     let addr = listener.local_addr().unwrap();
     let config = pki.server_config();
-    let (tx, rx) = mpsc::channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, outcome) = mpsc::channel();
+    let flag = stop.clone();
     thread::spawn(move || {
-        let _ = tx.send(gateway_session(listener, upstream_addr, config));
+        let _ = tx.send(gateway_session(listener, upstream_addr, config, flag));
     });
-    (rx, upstream_rx, addr)
+    let gateway = Gateway {
+        addr,
+        stop,
+        outcome,
+    };
+    (gateway, upstream_rx)
 }
 
 fn gateway_session(
     listener: TcpListener,
     upstream: SocketAddr,
     config: Arc<ServerConfig>,
+    stop_flag: Arc<AtomicBool>,
 ) -> Result<Outcome, String> {
     let (stream, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
     let runtime = Runtime::new().map_err(|e| format!("io_uring: {e}"))?;
@@ -367,7 +467,14 @@ fn gateway_session(
             let upstream = TcpStream::connect(upstream).map_err(|e| format!("upstream: {e}"))?;
             upstream.set_nodelay(true).map_err(|e| e.to_string())?;
             let plain = Socket::from_owned(OwnedFd::from(upstream));
-            let stop = StopSignal::default();
+            let stop = Rc::new(StopSignal::default());
+            let owner = stop.clone();
+            uring::spawn(async move {
+                while !stop_flag.load(Ordering::Acquire) {
+                    uring::sleep(Duration::from_millis(10)).await;
+                }
+                owner.stop(CloseReason::Revoked);
+            });
             let mut kernel = Counting {
                 inner: established.kernel,
                 rx: 0,

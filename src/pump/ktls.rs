@@ -125,6 +125,10 @@ pub async fn pump_ktls<K: KernelKeys>(
             error: PumpError::Record(err),
         } => {
             if let Some(alert) = err.alert() {
+                // A record that failed authentication leaves its error on the socket
+                // (the kernel's tls_err_abort), and every later send would fail with it;
+                // reading it with SO_ERROR clears it, so that the alert can go out.
+                let _ = SockRef::from(tls.as_fd()).take_error();
                 let _ = ktls::send_control(tls.as_fd(), ktls::RECORD_ALERT, &[ALERT_FATAL, alert]);
             }
         }
