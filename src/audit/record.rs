@@ -135,6 +135,10 @@ pub enum CloseReason {
     Revoked,
     /// A reloaded policy no longer allows this identity on this service.
     PolicyChanged,
+    /// The client re-keyed (TLS 1.3 KeyUpdate) on a session the kernel's TLS carries,
+    /// and this kernel cannot take new keys (Linux before 6.14). The session was closed
+    /// cleanly with close_notify.
+    KeyUpdateUnsupported,
 }
 
 /// One line of the audit log.

@@ -2,9 +2,10 @@
 //!
 //! `userspace` is the pump that protects TLS records in this thread with our record
 //! layer (`tls::record`), on buffers from the per-thread `pool`; `stop` lets the
-//! session's owner end it with a reason. The kernel TLS + splice pump sits beside it
-//! and is chosen at run time.
+//! session's owner end it with a reason. `ktls` is the kernel TLS + splice pump beside
+//! it, chosen at run time where the kernel can (`sys::ktls::probe`).
 
+pub mod ktls;
 pub mod pool;
 mod stop;
 mod userspace;

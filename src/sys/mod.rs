@@ -5,5 +5,6 @@
 
 pub mod affinity;
 pub mod fd;
+pub mod ktls;
 pub mod net;
 pub mod uring;
