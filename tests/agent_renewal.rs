@@ -48,7 +48,10 @@ fn revoke(pki: &Pki, cert: &CertPair) {
 fn crl_setting(pki: &Pki) -> String {
     let dir = pki.ca_dir.display().to_string();
     ca_ok(&["revoke", "--dir", &dir, "--refresh"]);
-    format!("crl = {:?}", pki.ca_dir.join("crl.pem").display().to_string())
+    format!(
+        "crl = {:?}",
+        pki.ca_dir.join("crl.pem").display().to_string()
+    )
 }
 
 #[test]
@@ -133,7 +136,9 @@ fn agent_whose_certificate_expires_while_it_runs_answers_psql_with_a_readable_er
             && plain
                 .stderr
                 .contains("FATAL:  pgtunnel: login certificate for \"alice\" expired at ")
-            && plain.stderr.contains("ask for a new one (pgtunnel ca issue"),
+            && plain
+                .stderr
+                .contains("ask for a new one (pgtunnel ca issue"),
         "psql without TLS did not print the agent's explanation:\n{}",
         plain.describe()
     );

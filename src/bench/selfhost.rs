@@ -89,7 +89,13 @@ impl Pki {
         let roots = tls::load_roots(&self.ca)?;
         let ticketer = tls::tickets::RotatingTicketer::random(TICKET_ROTATION)
             .context("making session ticket keys")?;
-        Ok(tls::server_config(chain, key, roots, Vec::new(), Some(Arc::new(ticketer)))?)
+        Ok(tls::server_config(
+            chain,
+            key,
+            roots,
+            Vec::new(),
+            Some(Arc::new(ticketer)),
+        )?)
     }
 }
 
