@@ -167,3 +167,65 @@ fn missing_certificate_file_exits_64_naming_the_file() {
         &["cert", "missing.crt"],
     );
 }
+
+#[test]
+fn unknown_ktls_mode_exits_64_naming_file_field_and_value() {
+    broken_value_is_named(
+        &["gateway", "ktls"],
+        "sometimes".into(),
+        &["ktls", "sometimes", "auto"],
+    );
+}
+
+/// The data path is decided at load, so `--check` already says which pump sessions
+/// will get, and `require` fails there, in one line, on a kernel without kTLS.
+#[test]
+fn ktls_require_is_refused_on_a_kernel_without_ktls_and_check_names_the_pump() {
+    let kernel = pgtunnel::sys::ktls::probe();
+    let example = example();
+    for (mode, kernel_tls_wanted) in [("off", false), ("auto", kernel.is_ok())] {
+        let config = example.dir.path().join(format!("{mode}.toml"));
+        let text = example
+            .text
+            .replacen("[gateway]", &format!("[gateway]\nktls = {mode:?}"), 1);
+        fs::write(&config, text).expect("writing the config");
+        let mut cmd = Command::new(BIN);
+        cmd.args(["gateway", "--check", "--config"]).arg(&config);
+        let out = run_bounded(cmd, CLIENT_TIMEOUT);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let wanted = if kernel_tls_wanted {
+            "kernel TLS + splice"
+        } else {
+            "userspace pump"
+        };
+        assert!(
+            out.status.success() && stdout.contains(wanted),
+            "ktls = {mode:?} on a kernel where the probe says {kernel:?}: want {wanted:?}:\n\
+             {}\n{stdout}\n{stderr}",
+            out.status
+        );
+    }
+
+    let config = example.dir.path().join("require.toml");
+    let text = example
+        .text
+        .replacen("[gateway]", "[gateway]\nktls = \"require\"", 1);
+    fs::write(&config, text).expect("writing the config");
+    let (code, stderr) = check(&config);
+    match kernel {
+        Ok(()) => assert_eq!(code, Some(0), "kTLS works here, yet:\n{stderr}"),
+        Err(why) => {
+            eprintln!("this kernel has no usable kTLS ({why}): checking that require fails");
+            assert_eq!(
+                code,
+                Some(64),
+                "require without kTLS was accepted:\n{stderr}"
+            );
+            assert_eq!(stderr.lines().count(), 1, "want one line, got:\n{stderr}");
+            for needle in ["require.toml", "gateway.ktls", "require", &why] {
+                assert!(stderr.contains(needle), "{needle:?} missing from: {stderr}");
+            }
+        }
+    }
+}

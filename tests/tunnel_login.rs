@@ -61,6 +61,15 @@ fn psql_through_agent_and_gateway_logs_in_with_the_login_certificate_and_is_audi
         show(&records)
     );
     let (start, end) = (starts[0], ends[0]);
+    // Whichever pump the kernel allows carried the session, and the end record says so.
+    let pump = match pgtunnel::sys::ktls::probe() {
+        Ok(()) => "ktls",
+        Err(_) => "userspace",
+    };
+    assert_eq!(
+        end["pump"], pump,
+        "session.end does not name the pump: {end}"
+    );
     assert_eq!(
         start["session_id"], end["session_id"],
         "start and end differ in session_id"

@@ -180,6 +180,9 @@ pub struct AuditRecord {
     pub duration_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub close_reason: Option<CloseReason>,
+    /// `session.end` only: which pump carried the bytes, `"ktls"` or `"userspace"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pump: Option<&'static str>,
     /// `gateway.reload` only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outcome: Option<ReloadOutcome>,
@@ -241,6 +244,7 @@ impl AuditRecord {
             bytes_to_client: None,
             duration_ms: None,
             close_reason: None,
+            pump: None,
             outcome: None,
             torn_offset: None,
             torn_bytes: None,

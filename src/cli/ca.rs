@@ -102,6 +102,13 @@ pub enum CaCommand {
         #[arg(long, default_value = "30d")]
         next_update: String,
     },
+    /// Write a new secret for gateway session-ticket keys (the gateway's
+    /// `ticket_key_file`), mode 0600. Gateways that share it accept each other's tickets.
+    TicketKey {
+        /// Where to write it; an existing file is never overwritten.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 pub fn run(args: CaArgs) -> anyhow::Result<()> {
@@ -137,6 +144,11 @@ pub fn run(args: CaArgs) -> anyhow::Result<()> {
             reason.as_deref(),
             &next_update,
         ),
+        CaCommand::TicketKey { out } => {
+            crate::tls::tickets::write_new_key(&out)?;
+            println!("wrote {} (mode 0600)", shown(&out).display());
+            Ok(())
+        }
     }
 }
 

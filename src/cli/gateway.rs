@@ -41,10 +41,11 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
 
     if args.check {
         println!(
-            "{file}: ok: listen {}, {} service(s), {} worker(s)",
+            "{file}: ok: listen {}, {} service(s), {} worker(s), {}",
             shared.config.listen,
             shared.config.services.len(),
-            shared.config.workers
+            shared.config.workers,
+            shared.data_path
         );
         return Ok(());
     }

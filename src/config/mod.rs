@@ -88,7 +88,21 @@ pub struct GatewayConfig {
     pub ticket_key_file: Option<PathBuf>,
     /// How often the ticket key changes; a ticket lives at most twice this.
     pub ticket_rotation: Duration,
+    /// Whether sessions move to kernel TLS + splice after the handshake.
+    pub ktls: KtlsMode,
     pub services: Vec<Service>,
+}
+
+/// The `ktls` setting: which pump carries a session's bytes after the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KtlsMode {
+    /// Kernel TLS + splice where this kernel can (checked once at start), else the
+    /// userspace pump.
+    Auto,
+    /// Always the userspace pump.
+    Off,
+    /// Kernel TLS + splice or refuse to start: for operators who sized the gateway on it.
+    Require,
 }
 
 /// One PostgreSQL service behind the gateway, chosen by the client's SNI.
@@ -274,6 +288,18 @@ impl Validator {
             session_tickets: g.session_tickets.unwrap_or(true),
             ticket_key_file: g.ticket_key_file.as_deref().map(|p| self.path(p)),
             ticket_rotation: self.duration("gateway.ticket_rotation", g.ticket_rotation, 3600)?,
+            ktls: match g.ktls.as_deref().unwrap_or("auto") {
+                "auto" => KtlsMode::Auto,
+                "off" => KtlsMode::Off,
+                "require" => KtlsMode::Require,
+                other => {
+                    return Err(self.invalid(
+                        "gateway.ktls",
+                        other,
+                        "expected \"auto\", \"off\" or \"require\"",
+                    ));
+                }
+            },
             services,
         })
     }

@@ -30,6 +30,7 @@ pub struct RawGateway {
     pub close_on_cert_expiry: Option<bool>,
     pub cert_expiry_grace: Option<String>,
     pub session_tickets: Option<bool>,
+    pub ktls: Option<String>,
     pub ticket_key_file: Option<String>,
     pub ticket_rotation: Option<String>,
     pub audit_fsync: Option<String>,

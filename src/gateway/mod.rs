@@ -27,7 +27,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
 use crate::audit::{AuditError, AuditWriter};
-use crate::config::GatewayConfig;
+use crate::config::{GatewayConfig, KtlsMode};
 use crate::pki::crl::RevocationList;
 use crate::{pki, sys, tls};
 
@@ -57,6 +57,57 @@ pub enum GatewayError {
     Uring(std::io::Error),
     #[error("{0}: {1}")]
     Os(&'static str, std::io::Error),
+    #[error("gateway.ktls: \"require\": kernel TLS cannot be used here: {0}")]
+    KtlsUnavailable(String),
+}
+
+/// Which pump carries a session's bytes once it is authorized.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataPath {
+    /// Kernel TLS + splice (`pump::ktls`): the payload never enters user space.
+    KernelTls,
+    /// Our record layer in the worker (`pump::userspace`); `why` says why not kTLS.
+    Userspace { why: String },
+}
+
+impl DataPath {
+    /// The pump for `mode` on this kernel. Only `require` on a kernel without kTLS fails.
+    pub fn choose(mode: KtlsMode) -> Result<DataPath, GatewayError> {
+        match (mode, ktls_support()) {
+            (KtlsMode::Off, _) => Ok(DataPath::Userspace {
+                why: "ktls = \"off\"".into(),
+            }),
+            (_, Ok(())) => Ok(DataPath::KernelTls),
+            (KtlsMode::Auto, Err(why)) => Ok(DataPath::Userspace {
+                why: format!("kTLS unavailable: {why}"),
+            }),
+            (KtlsMode::Require, Err(why)) => Err(GatewayError::KtlsUnavailable(why.clone())),
+        }
+    }
+
+    /// The name audit records and logs use for it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DataPath::KernelTls => "ktls",
+            DataPath::Userspace { .. } => "userspace",
+        }
+    }
+}
+
+impl std::fmt::Display for DataPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DataPath::KernelTls => f.write_str("kernel TLS + splice"),
+            DataPath::Userspace { why } => write!(f, "userspace pump ({why})"),
+        }
+    }
+}
+
+/// Whether this kernel can carry our sessions in kernel TLS, probed once per process:
+/// the answer cannot change without loading a module, and the probe opens sockets.
+fn ktls_support() -> &'static Result<(), String> {
+    static SUPPORT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    SUPPORT.get_or_init(sys::ktls::probe)
 }
 
 /// What every worker reads and nobody writes: the configuration and everything loaded
@@ -69,6 +120,8 @@ pub struct Shared {
     pub ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>,
     /// Grows by one with every successful reload; the sweep uses it to re-check sessions.
     pub generation: u64,
+    /// The pump new sessions get, from the `ktls` setting and this kernel.
+    pub data_path: DataPath,
 }
 
 /// The current [`Shared`], swapped atomically on reload.
@@ -115,6 +168,7 @@ impl Shared {
                 err.to_string(),
             )
         })?;
+        let data_path = DataPath::choose(config.ktls)?;
         let crls = crl.iter().map(|c| c.der.clone()).collect();
         let server_tls =
             tls::server_config(chain, key, roots, crls, ticketer.clone()).map_err(|err| {
@@ -127,6 +181,7 @@ impl Shared {
             crl,
             ticketer,
             generation: 0,
+            data_path,
         })
     }
 
@@ -170,6 +225,7 @@ enum Control {
 /// Runs the gateway until SIGTERM or SIGINT, then drains and returns.
 pub fn run(shared: Shared) -> Result<(), GatewayError> {
     let config = shared.config.clone();
+    let data_path = shared.data_path.clone();
     match sys::fd::raise_nofile_limit() {
         Ok(limit) if (limit as usize) < config.max_sessions * 2 + 64 => tracing::warn!(
             nofile = limit,
@@ -220,7 +276,7 @@ pub fn run(shared: Shared) -> Result<(), GatewayError> {
         listen.addr = %local,
         workers = config.workers,
         services = config.services.len(),
-        data_path = "userspace",
+        data_path = %data_path,
         "gateway listening"
     );
 

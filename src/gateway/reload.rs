@@ -108,6 +108,9 @@ impl Reloader {
 
     fn install(&self, mut next: Shared, current: &Shared) {
         next.generation = current.generation + 1;
+        if next.data_path != current.data_path {
+            tracing::info!(data_path = %next.data_path, "new sessions get another pump");
+        }
         self.cell.store(Arc::new(next));
     }
 }

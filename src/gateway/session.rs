@@ -13,12 +13,13 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustls::kernel::KernelConnection;
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use socket2::{Domain, SockAddr, SockRef, Type};
 
-use super::Shared;
 use super::policy::{Decision, authorize};
 use super::worker::Worker;
+use super::{DataPath, Shared};
 use crate::audit::{AuditRecord, CloseReason, DenyReason, Event};
 use crate::config::{Service, Upstream};
 use crate::pg::wire::{self, SqlState};
@@ -74,26 +75,59 @@ pub async fn serve(
         sni,
         ..
     } = established;
-    let mut records = match RecordLayer::new(secrets, kernel) {
-        Ok(records) => records,
-        Err(err) => {
-            ctx.deny(&Refusal::early(
-                DenyReason::HandshakeFailed,
-                err.to_string(),
-            ));
-            return;
-        }
-    };
 
     let admitted = match admit(&shared, peer_certificates.as_deref(), sni.as_deref()) {
         Ok(admitted) => admitted,
-        Err(refusal) => return ctx.refuse(&sock, &mut records, *refusal).await,
+        Err(refusal) => return ctx.refuse(&sock, secrets, kernel, *refusal).await,
     };
     let upstream = match connect_upstream(&shared, &admitted).await {
         Ok(upstream) => upstream,
-        Err(refusal) => return ctx.refuse(&sock, &mut records, refusal).await,
+        Err(refusal) => return ctx.refuse(&sock, secrets, kernel, refusal).await,
     };
-    ctx.run(&shared, sock, records, upstream, admitted).await;
+    // Only an authorized session with its upstream connected is handed to the kernel:
+    // a refusal above is written by our record layer, which then still holds the keys.
+    let transport = match shared.data_path {
+        DataPath::KernelTls => match pump::ktls::hand_off(&sock, secrets) {
+            Ok(()) => Transport::Kernel(kernel),
+            Err(err) => {
+                // The kernel may already hold one direction's key, so the socket can no
+                // longer speak TLS from here: the client only sees the connection close.
+                let detail = format!("kernel TLS hand-off failed: {err}");
+                tracing::warn!(error = %err, "kernel TLS hand-off failed; session closed");
+                let mut refusal = Refusal::early(DenyReason::HandshakeFailed, detail);
+                refusal.identity = Some(admitted.identity.clone());
+                refusal.service = Some(admitted.service.name.clone());
+                return ctx.deny(&refusal);
+            }
+        },
+        DataPath::Userspace { .. } => match RecordLayer::new(secrets, kernel) {
+            Ok(records) => Transport::Userspace(records),
+            Err(err) => {
+                return ctx.deny(&Refusal::early(
+                    DenyReason::HandshakeFailed,
+                    err.to_string(),
+                ));
+            }
+        },
+    };
+    ctx.run(&shared, sock, transport, upstream, admitted).await;
+}
+
+/// Who protects the TLS records of an authorized session.
+enum Transport {
+    /// Our record layer, in the userspace pump.
+    Userspace(ServerRecords),
+    /// The kernel, after `pump::ktls::hand_off`; rustls keeps what it needs for KeyUpdate.
+    Kernel(KernelConnection<ServerConnectionData>),
+}
+
+impl Transport {
+    fn name(&self) -> &'static str {
+        match self {
+            Transport::Userspace(_) => "userspace",
+            Transport::Kernel(_) => "ktls",
+        }
+    }
 }
 
 /// An identity allowed on a service.
@@ -280,7 +314,7 @@ impl Ctx<'_> {
         &self,
         shared: &Shared,
         tls: Socket,
-        mut records: ServerRecords,
+        mut transport: Transport,
         upstream: Socket,
         admitted: Admitted,
     ) {
@@ -300,16 +334,25 @@ impl Ctx<'_> {
                 "pgtunnel: audit log unavailable",
                 None,
             );
-            let _ = uring::timeout(
-                Duration::from_secs(1),
-                pump::farewell(&tls, &mut records, &msg),
-            )
-            .await;
+            let deadline = Duration::from_secs(1);
+            let _ = match &mut transport {
+                Transport::Userspace(records) => {
+                    uring::timeout(deadline, pump::farewell(&tls, records, &msg)).await
+                }
+                Transport::Kernel(_) => {
+                    uring::timeout(deadline, pump::ktls::farewell(&tls, msg)).await
+                }
+            };
             return;
         }
-        tracing::info!(user = %identity.user, service = %service.name, "session started");
+        let pump_name = transport.name();
+        tracing::info!(user = %identity.user, service = %service.name, pump = pump_name, "session started");
 
-        let (end, stats) = pump::pump(&tls, &mut records, &upstream, &registration.stop).await;
+        let stop = &registration.stop;
+        let (end, stats) = match &mut transport {
+            Transport::Userspace(records) => pump::pump(&tls, records, &upstream, stop).await,
+            Transport::Kernel(kernel) => pump::ktls::pump_ktls(&tls, kernel, &upstream, stop).await,
+        };
         let (close_reason, detail) = match end {
             PumpEnd::Closed { first: Side::Tls } => (CloseReason::ClientClosed, None),
             PumpEnd::Closed { first: Side::Plain } => (CloseReason::UpstreamClosed, None),
@@ -331,6 +374,7 @@ impl Ctx<'_> {
         end.duration_ms = Some(started.elapsed().as_millis() as u64);
         end.close_reason = Some(close_reason);
         end.detail = detail;
+        end.pump = Some(pump_name);
         if let Err(err) = self.worker.audit.record(end) {
             tracing::error!(error = %err, "session.end record lost");
         }
@@ -359,13 +403,23 @@ impl Ctx<'_> {
 
     /// Denies after a completed handshake: audit, then tell the client in PostgreSQL's
     /// own words (psql prints the ErrorResponse), then close_notify.
-    async fn refuse(&self, sock: &Socket, records: &mut ServerRecords, refusal: Refusal) {
+    async fn refuse(
+        &self,
+        sock: &Socket,
+        secrets: rustls::ExtractedSecrets,
+        kernel: KernelConnection<ServerConnectionData>,
+        refusal: Refusal,
+    ) {
         self.deny(&refusal);
+        // Without a record layer there are no words to send; the close says enough.
+        let Ok(mut records) = RecordLayer::new(secrets, kernel) else {
+            return;
+        };
         let message = format!("pgtunnel: access denied: {}", refusal.detail);
         let response = wire::fatal_error(refusal.code, &message, None);
         let _ = uring::timeout(
             Duration::from_secs(1),
-            pump::farewell(sock, records, &response),
+            pump::farewell(sock, &mut records, &response),
         )
         .await;
     }

@@ -102,6 +102,22 @@ pub fn hand_off(sock: &Socket, secrets: ExtractedSecrets) -> io::Result<()> {
     ktls::enable(sock.as_fd(), &secrets)
 }
 
+/// Last words on a socket already handed to the kernel: `message` (a PostgreSQL
+/// ErrorResponse, say) as application data, which the kernel encrypts, then
+/// close_notify and a write shutdown.
+pub async fn farewell(sock: &Socket, message: Vec<u8>) -> io::Result<()> {
+    let len = message.len();
+    let (res, _) = uring::send_all(sock.as_raw_fd(), message, 0..len).await;
+    res?;
+    ktls::send_control(
+        sock.as_fd(),
+        ktls::RECORD_ALERT,
+        &[ALERT_WARNING, CLOSE_NOTIFY],
+    )?;
+    let _ = SockRef::from(sock.as_fd()).shutdown(Shutdown::Write);
+    Ok(())
+}
+
 /// Moves bytes between `tls` (already handed to the kernel with [`hand_off`]) and
 /// `plain` until both directions are done, a side fails, or `stop` is signalled. On a
 /// stop (including a KeyUpdate this kernel cannot follow) it sends close_notify; on a
