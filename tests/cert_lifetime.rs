@@ -255,8 +255,9 @@ fn with_close_on_cert_expiry_off_a_session_outlives_its_certificate() {
         ts_field(end, "ts") > ts_field(end, "cert_not_after"),
         "the session did not outlive its certificate, so this proves nothing: {end}"
     );
-    assert_eq!(
-        end["close_reason"], "client_closed",
+    // psql's Terminate makes PostgreSQL close too, so either side may be seen first.
+    assert!(
+        end["close_reason"] == "client_closed" || end["close_reason"] == "upstream_closed",
         "the session did not end on its own: {end}"
     );
 }

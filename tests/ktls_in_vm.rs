@@ -817,3 +817,113 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
     let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     version >= (major, minor)
 }
+
+/// The whole gateway, as `pgtunnel gateway` runs it, with `ktls = "require"`: it loads
+/// the config, probes the kernel, serves one authorized session through the kernel TLS
+/// pump, and its `session.end` record says so. The tests above drive the pump directly;
+/// this one proves the gateway chooses it.
+#[test]
+#[ignore = "needs kernel TLS: run scripts/ktls-vm"]
+fn gateway_with_ktls_require_carries_a_session_in_the_kernel_and_audits_the_pump() {
+    let started = Instant::now();
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cert, key) = pki
+        .server
+        .write(&dir.path().join("server"))
+        .expect("server files");
+    std::fs::write(dir.path().join("ca.crt"), pki.ca.cert_pem()).expect("ca.crt");
+    let upstream_listener = TcpListener::bind("127.0.0.1:0").expect("upstream listener");
+    let upstream_addr = upstream_listener.local_addr().unwrap();
+    let upstream_rx = run_upstream(upstream_listener, Upstream::Echo);
+    // A free port for the gateway: its workers bind their own SO_REUSEPORT sockets.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let audit = dir.path().join("audit.jsonl");
+    let config_path = dir.path().join("gateway.toml");
+    // The service is named as the client's SNI, which is the server certificate's name.
+    let config = format!(
+        "[gateway]\nlisten = \"127.0.0.1:{port}\"\ncert = {cert:?}\nkey = {key:?}\n\
+         client_ca = \"ca.crt\"\naudit_log = \"audit.jsonl\"\nworkers = 1\nktls = \"require\"\n\n\
+         [[service]]\nname = \"localhost\"\nupstream = \"{upstream_addr}\"\nallow_users = [\"alice\"]\n"
+    );
+    std::fs::write(&config_path, config).expect("gateway.toml");
+    let config = pgtunnel::config::GatewayConfig::load(&config_path).expect("config loads");
+    let shared = pgtunnel::gateway::Shared::load(config).expect("ktls = require loads here");
+    assert_eq!(shared.data_path, pgtunnel::gateway::DataPath::KernelTls);
+    let (done_tx, done_rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = done_tx.send(pgtunnel::gateway::run(shared).map_err(|e| e.to_string()));
+    });
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "the gateway never listened");
+        thread::sleep(Duration::from_millis(20));
+    }
+
+    let request = pattern(1 << 20, 9);
+    let mut client = Client::connect(addr, &pki, None);
+    let mut received = Vec::new();
+    let end = client
+        .drive(&request, true, &mut received, |_, _| false)
+        .expect("client exchange");
+    let upstream = upstream_rx.recv_timeout(DEADLINE).expect("upstream result");
+    assert_eq!(
+        upstream.received_sha256,
+        sha256(&request),
+        "upstream got the bytes"
+    );
+    assert_eq!(
+        sha256(&received),
+        sha256(&request),
+        "the echo came back whole"
+    );
+    assert_eq!(
+        end,
+        PeerEnd::CloseNotify,
+        "the gateway closed with close_notify"
+    );
+
+    // The probe connection above is a session too (refused: it sent no handshake), so
+    // wait for the end record of ours, then stop the gateway as an operator would.
+    let end_record = loop {
+        let text = std::fs::read_to_string(&audit).unwrap_or_default();
+        let found = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|r| r["event"] == "session.end");
+        if let Some(record) = found {
+            break record;
+        }
+        assert!(Instant::now() < deadline, "no session.end in:\n{text}");
+        thread::sleep(Duration::from_millis(50));
+    };
+    // The gateway registered SIGTERM with signal-hook, so raising it here drains it.
+    signal_hook::low_level::raise(signal_hook::consts::SIGTERM).expect("raise SIGTERM");
+    let stopped = done_rx
+        .recv_timeout(DEADLINE)
+        .expect("the gateway stops on SIGTERM");
+    assert_eq!(stopped, Ok(()), "the gateway exits cleanly");
+    assert_eq!(
+        end_record["pump"], "ktls",
+        "the session was not carried by kTLS: {end_record}"
+    );
+    assert_eq!(end_record["user"], "alice", "{end_record}");
+    assert_eq!(
+        (
+            end_record["bytes_from_client"].as_u64(),
+            end_record["bytes_to_client"].as_u64()
+        ),
+        (Some(request.len() as u64), Some(request.len() as u64)),
+        "byte counts: {end_record}"
+    );
+    println!(
+        "RESULT gateway: ktls = require, session.end pump {}, close_reason {}, {:.1}s",
+        end_record["pump"],
+        end_record["close_reason"],
+        started.elapsed().as_secs_f64()
+    );
+}
