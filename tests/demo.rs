@@ -140,7 +140,11 @@ fn demo_waits_for_ctrl_c_and_then_stops_everything_it_started() {
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("demo never said it waits for Ctrl-C:\n{seen}");
+                let mut stderr = String::new();
+                if let Some(mut pipe) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+                }
+                panic!("demo never said it waits for Ctrl-C:\n{seen}\n--- stderr\n{stderr}");
             }
         }
     }

@@ -98,6 +98,10 @@ where
 /// `sys::ktls::enable`). Takes the secrets by value: they are wiped when this returns.
 /// On error the socket is unusable for TLS (the kernel may hold one direction's key);
 /// close it.
+///
+/// Known gap: from here on nobody counts records against the AEAD's usage limit (for
+/// AES-GCM about 2^24.5 records per key). The kernel does not, and this pump starts no
+/// KeyUpdate of its own; the userspace record layer does (docs/limitations.md).
 pub fn hand_off(sock: &Socket, secrets: ExtractedSecrets) -> io::Result<()> {
     ktls::enable(sock.as_fd(), &secrets)
 }

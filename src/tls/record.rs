@@ -365,7 +365,7 @@ where
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -376,14 +376,14 @@ mod tests {
     use crate::pki::{Ca, Validity};
     use crate::tls::handshake::in_memory;
 
-    type Pair = (
+    pub(crate) type Pair = (
         RecordLayer<ClientConnectionData>,
         RecordLayer<ServerConnectionData>,
         Vec<u8>,
     );
 
     /// A client and a server record layer after a real in-memory mTLS handshake.
-    fn pair(suite: Option<rustls::SupportedCipherSuite>, tickets: bool) -> Pair {
+    pub(crate) fn pair(suite: Option<rustls::SupportedCipherSuite>, tickets: bool) -> Pair {
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::init(dir.path()).unwrap();
         let day = Validity::starting_now(Duration::from_secs(3600));
