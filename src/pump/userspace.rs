@@ -137,6 +137,10 @@ struct Pump<'a, D> {
 
     tls_readable: bool,
     plain_readable: bool,
+    /// The peer's end of stream (or an error) has been reported on this socket; see
+    /// [`HANGUP_EVENTS`].
+    tls_hangup: bool,
+    plain_hangup: bool,
     tls_writable: bool,
     plain_writable: bool,
     tls_eof: bool,
@@ -154,6 +158,8 @@ struct Ready {
     stop: Option<CloseReason>,
     tls_in: bool,
     plain_in: bool,
+    tls_hangup: bool,
+    plain_hangup: bool,
     tls_out: bool,
     plain_out: bool,
     error: Option<(Side, io::Error)>,
@@ -179,6 +185,8 @@ where
             // Data may already be waiting; a read that finds none costs one EAGAIN.
             tls_readable: true,
             plain_readable: true,
+            tls_hangup: false,
+            plain_hangup: false,
             tls_writable: true,
             plain_writable: true,
             tls_eof: false,
@@ -192,8 +200,8 @@ where
     }
 
     async fn run(&mut self, stop: &StopSignal) -> PumpEnd {
-        let mut tls_in = PollMulti::new(self.tls.as_raw_fd(), libc::POLLIN);
-        let mut plain_in = PollMulti::new(self.plain.as_raw_fd(), libc::POLLIN);
+        let mut tls_in = PollMulti::new(self.tls.as_raw_fd(), libc::POLLIN | libc::POLLRDHUP);
+        let mut plain_in = PollMulti::new(self.plain.as_raw_fd(), libc::POLLIN | libc::POLLRDHUP);
         let mut tls_out: Option<PollOnce> = None;
         let mut plain_out: Option<PollOnce> = None;
         loop {
@@ -219,12 +227,25 @@ where
                     ready.stop = Some(reason);
                     any = true;
                 }
-                for (poll, flag, side) in [
-                    (&mut tls_in, &mut ready.tls_in, Side::Tls),
-                    (&mut plain_in, &mut ready.plain_in, Side::Plain),
+                for (poll, flag, hangup, side) in [
+                    (
+                        &mut tls_in,
+                        &mut ready.tls_in,
+                        &mut ready.tls_hangup,
+                        Side::Tls,
+                    ),
+                    (
+                        &mut plain_in,
+                        &mut ready.plain_in,
+                        &mut ready.plain_hangup,
+                        Side::Plain,
+                    ),
                 ] {
                     match poll.poll_next(cx) {
-                        Poll::Ready(Ok(_)) => *flag = true,
+                        Poll::Ready(Ok(revents)) => {
+                            *flag = true;
+                            *hangup = revents & HANGUP_EVENTS != 0;
+                        }
                         Poll::Ready(Err(err)) => ready.error = Some((side, err)),
                         Poll::Pending => continue,
                     }
@@ -261,6 +282,8 @@ where
             }
             self.tls_readable |= ready.tls_in;
             self.plain_readable |= ready.plain_in;
+            self.tls_hangup |= ready.tls_hangup;
+            self.plain_hangup |= ready.plain_hangup;
             self.tls_writable |= ready.tls_out;
             self.plain_writable |= ready.plain_out;
         }
@@ -323,8 +346,9 @@ where
             }
             Ok(n) => {
                 self.rx_len += n;
-                // A short read drained the socket; the poll reports anything newer.
-                self.tls_readable = n == space;
+                // A short read drained the socket and the poll reports anything newer,
+                // except an end of stream that came with the data (see HANGUP_EVENTS).
+                self.tls_readable = n == space || self.tls_hangup;
             }
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                 self.tls_readable = false;
@@ -491,7 +515,7 @@ where
             }
             Ok(n) => {
                 self.stats.to_tls += n as u64;
-                self.plain_readable = n == RECORDS_PER_BUFFER * MAX_PLAINTEXT;
+                self.plain_readable = n == RECORDS_PER_BUFFER * MAX_PLAINTEXT || self.plain_hangup;
                 let (full, rest) = (n / MAX_PLAINTEXT, n % MAX_PLAINTEXT);
                 for i in 0..full {
                     self.records.seal_data(
@@ -560,6 +584,16 @@ where
         self.close_notify_sent = true;
     }
 }
+
+/// Poll bits that say the peer will send nothing more (FIN, or an error such as a
+/// reset). A short read normally means the socket is drained and the multishot poll
+/// will report whatever arrives next; but data and the FIN that follows it can arrive
+/// before the kernel evaluates the poll, and then one report covers both. The short
+/// read returns the data, and no later report comes for the FIN, which was already
+/// there: trusting the short read would leave the session open forever after its
+/// client (psql sending Terminate and closing at once) has gone. Once one of these
+/// bits has been seen, the pump reads on until the read returns 0 or fails.
+const HANGUP_EVENTS: u32 = (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) as u32;
 
 fn failed(side: Side, err: io::Error) -> PumpEnd {
     PumpEnd::Failed {
