@@ -85,7 +85,28 @@ pub async fn pump<D>(
 where
     KernelConnection<D>: TicketSink,
 {
+    pump_watching(tls, records, plain, stop, None).await
+}
+
+/// What [`pump_watching`] shows the first data record from the TLS side.
+pub type Watch<'w> = &'w mut dyn FnMut(&[u8]);
+
+/// Like [`pump`], and shows `first_from_tls` the plaintext of the first data record
+/// from the TLS side before it is passed on unchanged (the agent reads the gateway's
+/// refusal there). Only that one record: the cost on the rest of the stream is one
+/// test of an empty `Option` per record.
+pub async fn pump_watching<D>(
+    tls: &Socket,
+    records: &mut RecordLayer<D>,
+    plain: &Socket,
+    stop: &StopSignal,
+    first_from_tls: Option<Watch<'_>>,
+) -> (PumpEnd, PumpStats)
+where
+    KernelConnection<D>: TicketSink,
+{
     let mut pump = Pump::new(tls, records, plain);
+    pump.first_from_tls = first_from_tls;
     for sock in [tls, plain] {
         if let Err(err) = SockRef::from(sock.as_fd()).set_nonblocking(true) {
             let side = if std::ptr::eq(sock, tls) {
@@ -117,7 +138,7 @@ where
     (end, pump.stats)
 }
 
-struct Pump<'a, D> {
+struct Pump<'a, 'w, D> {
     tls: &'a Socket,
     plain: &'a Socket,
     records: &'a mut RecordLayer<D>,
@@ -150,6 +171,8 @@ struct Pump<'a, D> {
     close_notify_sent: bool,
     first_close: Option<Side>,
     stats: PumpStats,
+    /// Shown the first data record from the TLS side, then dropped.
+    first_from_tls: Option<Watch<'w>>,
 }
 
 /// The readiness reports one wait may bring.
@@ -165,7 +188,7 @@ struct Ready {
     error: Option<(Side, io::Error)>,
 }
 
-impl<'a, D> Pump<'a, D>
+impl<'a, 'w, D> Pump<'a, 'w, D>
 where
     KernelConnection<D>: TicketSink,
 {
@@ -196,6 +219,7 @@ where
             close_notify_sent: false,
             first_close: None,
             stats: PumpStats::default(),
+            first_from_tls: None,
         }
     }
 
@@ -385,7 +409,11 @@ where
             }
             match self.records.open(&mut rx[pos..end]) {
                 Ok(Opened::Data(range)) if !range.is_empty() => {
-                    self.plain_ranges.push(pos + range.start..pos + range.end);
+                    let range = pos + range.start..pos + range.end;
+                    if let Some(watch) = self.first_from_tls.take() {
+                        watch(&rx[range.clone()]);
+                    }
+                    self.plain_ranges.push(range);
                 }
                 Ok(Opened::Data(_) | Opened::Handled) => {}
                 Ok(Opened::CloseNotify) => {
