@@ -220,6 +220,7 @@ pub fn run(shared: Shared) -> Result<(), GatewayError> {
         listen.addr = %local,
         workers = config.workers,
         services = config.services.len(),
+        // The kTLS pump (pump::ktls) is not wired in yet: docs/limitations.md.
         data_path = "userspace",
         "gateway listening"
     );
