@@ -267,12 +267,9 @@ fn agent_holding_a_session_ticket_is_still_refused_once_its_certificate_is_revok
 
 /// With psql asking for TLS (the usual set-up), libpq shows only its fixed message, so
 /// the reason must be in the agent's log. After a resumed handshake the refusal comes
-/// as the gateway's ErrorResponse inside the tunnel, which the agent forwards without
-/// reading, and its log says only "tunnel closed".
+/// as the gateway's ErrorResponse inside the tunnel; the agent passes it on unchanged
+/// and logs its message.
 #[test]
-#[ignore = "product gap: after a resumed handshake the agent forwards the gateway's \
-            refusal without logging why; psql with sslmode=verify-full then shows only \
-            libpq's fixed message and nothing names the revocation on the user's side"]
 fn agent_logs_why_the_gateway_refused_a_resumed_session_for_psql_asking_for_tls() {
     let pki = Pki::new();
     let cluster = start_cluster(&pki, &["alice"]);
@@ -299,8 +296,23 @@ fn agent_logs_why_the_gateway_refused_a_resumed_session_for_psql_asking_for_tls(
         tls.describe()
     );
     let log = agent.stderr();
+    let explained: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("tunnel not opened") && l.contains("revoked"))
+        .collect();
     assert!(
-        log.lines().any(|l| l.contains("revoked")),
-        "nothing on the user's side says the certificate was revoked; agent log:\n{log}"
+        explained.len() == 1
+            && explained[0].contains("WARN")
+            && explained[0]
+                .contains("the gateway refused the session: access denied: certificate is revoked"),
+        "want one warning naming the revocation for one refused psql; agent log:\n{log}"
+    );
+    drop(agent);
+    let (_, records) = gateway.stop();
+    let denied = events(&records, "session.denied");
+    assert!(
+        denied.len() == 1 && denied[0]["reason"] == "revoked",
+        "want the attempt after the revocation denied as revoked:\n{}",
+        show(&records)
     );
 }

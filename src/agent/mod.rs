@@ -5,8 +5,10 @@
 //! It runs on the same ring runtime and pump as the gateway. When the tunnel cannot be
 //! opened (gateway down, certificate refused), the agent answers the client in
 //! PostgreSQL's own words, an ErrorResponse, so psql prints why instead of "server
-//! closed the connection unexpectedly". The agent does not decide anything about access;
-//! the gateway does.
+//! closed the connection unexpectedly". When the gateway itself refuses inside the
+//! tunnel (after a resumed handshake), its ErrorResponse is passed on as it is and its
+//! message is also logged. The agent does not decide anything about access; the gateway
+//! does.
 
 mod credentials;
 
@@ -169,7 +171,15 @@ async fn tunnel(agent: Rc<Agent>, client: Socket) {
     };
 
     let stop = StopSignal::default();
-    let (end, stats) = pump::pump(&established.sock, &mut records, &client, &stop).await;
+    let mut watch = log_gateway_refusal;
+    let (end, stats) = pump::pump_watching(
+        &established.sock,
+        &mut records,
+        &client,
+        &stop,
+        Some(&mut watch),
+    )
+    .await;
     match end {
         // In TLS 1.3 the client's handshake is over before the gateway has looked at the
         // certificate, so a refusal arrives as an alert on the first read. Nothing has
@@ -188,6 +198,43 @@ async fn tunnel(agent: Rc<Agent>, client: Socket) {
             bytes.up = stats.to_tls,
             bytes.down = stats.from_tls,
             "tunnel closed"
+        ),
+    }
+}
+
+/// Looks at the first bytes the gateway sends on a tunnel, which are passed on to the
+/// client unchanged whatever they are.
+///
+/// After a resumed handshake (or any completed one) the gateway refuses inside the
+/// tunnel: an ErrorResponse and close_notify (gateway/session.rs, `refuse`). psql asks
+/// for TLS first, PostgreSQL answers that SSLRequest with a single `S` or `N`, so an
+/// ErrorResponse first is the gateway's; its messages start with "pgtunnel:". libpq
+/// shows none of it to a psql that asked for TLS (docs/limitations.md), so the reason
+/// is logged here, where the person running psql can find it. An ErrorResponse from
+/// PostgreSQL itself (a client that skips TLS and is refused at start-up) is passed on,
+/// and psql prints it; it is only noted at debug level.
+fn log_gateway_refusal(first: &[u8]) {
+    let Some(error) = wire::parse_error_response(first) else {
+        if first.first() == Some(&b'E') {
+            // Ours always fit in the first record; a cut or malformed one is not ours
+            // to explain, but whoever reads this log should know psql got an error.
+            tracing::warn!(
+                "the first answer through the tunnel is an ErrorResponse this agent cannot \
+                 read; psql may show only libpq's own message"
+            );
+        }
+        return;
+    };
+    match error.message.strip_prefix("pgtunnel: ") {
+        Some(why) => tracing::warn!(
+            reason = %format!("the gateway refused the session: {why}"),
+            sqlstate = %error.code,
+            "tunnel not opened"
+        ),
+        None => tracing::debug!(
+            message = %error.message,
+            sqlstate = %error.code,
+            "first answer through the tunnel is an error from PostgreSQL"
         ),
     }
 }

@@ -5,8 +5,10 @@
 //! SHA-256 of the previous line's bytes without its newline; the first record of a new
 //! trail links to [`GENESIS`]. Editing, removing or reordering a line breaks a link
 //! that `verify` reports. What the chain cannot show is a cut at the very end of the
-//! newest file: nothing comes after the last record to vouch for it (docs/audit.md says
-//! how to anchor the head elsewhere). This module reads lines; it never writes a file.
+//! newest file: nothing comes after the last record to vouch for it. Nor is it a
+//! signature: whoever can write the file can rewrite every line from one onwards and
+//! recompute the links (docs/audit.md and docs/limitations.md say how to anchor the head
+//! elsewhere). This module reads lines; it never writes a file.
 
 use std::borrow::Cow;
 use std::fs::File;

@@ -113,6 +113,9 @@ pub enum DenyReason {
     /// that could not be recorded does not run. This denial itself is recorded only if
     /// the writer recovers before its queue fills.
     AuditUnavailable,
+    /// The gateway was stopping and the drain timeout passed while the connection was
+    /// still being admitted (mid-handshake, or waiting for PostgreSQL).
+    Shutdown,
 }
 
 /// Why an authorized session ended.

@@ -119,7 +119,9 @@ pub struct Service {
 pub enum Upstream {
     /// TCP; connected with TCP_NODELAY. The address was resolved at load.
     Tcp(SocketAddr),
-    /// A unix socket path, e.g. `/run/postgresql/.s.PGSQL.5432`.
+    /// A unix socket path, e.g. `/run/postgresql/.s.PGSQL.5432`. PostgreSQL offers no
+    /// TLS there, so its `cert` check cannot apply: only the gateway checks the login
+    /// certificate on this path (docs/limitations.md).
     Unix(PathBuf),
 }
 

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use rustls::kernel::KernelConnection;
@@ -24,7 +25,7 @@ use crate::audit::{AuditRecord, CloseReason, DenyReason, Event};
 use crate::config::{Service, Upstream};
 use crate::pg::wire::{self, SqlState};
 use crate::pki::Identity;
-use crate::pump::{self, PumpEnd, Side};
+use crate::pump::{self, PumpEnd, Side, StopSignal};
 use crate::sys::uring::{self, Socket};
 use crate::tls::handshake::{self, Established, HandshakeError};
 use crate::tls::record::RecordLayer;
@@ -34,11 +35,14 @@ type ServerRecords = RecordLayer<ServerConnectionData>;
 
 /// Serves one accepted connection to its end.
 /// `refuse` is a decision taken at accept (overloaded, audit unavailable): no TLS then.
+/// `stop` is this connection's shutdown signal: it cuts the handshake or the wait for
+/// PostgreSQL short (a denial, `shutdown`) as well as the pump (an end, `shutdown`).
 pub async fn serve(
     worker: &Rc<Worker>,
     sock: Socket,
     session_id: String,
     refuse: Option<DenyReason>,
+    stop: Rc<StopSignal>,
 ) {
     let peer = SockRef::from(sock.as_fd())
         .peer_addr()
@@ -49,6 +53,7 @@ pub async fn serve(
         worker,
         session_id: &session_id,
         peer,
+        stop,
     };
     if let Some(reason) = refuse {
         // No TLS, no questions: refusing early is what keeps an overloaded worker alive.
@@ -80,9 +85,16 @@ pub async fn serve(
         Ok(admitted) => admitted,
         Err(refusal) => return ctx.refuse(&sock, secrets, kernel, *refusal).await,
     };
-    let upstream = match connect_upstream(&shared, &admitted).await {
-        Ok(upstream) => upstream,
-        Err(refusal) => return ctx.refuse(&sock, secrets, kernel, refusal).await,
+    let upstream = match unless_stopped(&ctx.stop, connect_upstream(&shared, &admitted)).await {
+        Ok(Ok(upstream)) => upstream,
+        Ok(Err(refusal)) => return ctx.refuse(&sock, secrets, kernel, refusal).await,
+        Err(_) => {
+            let mut refusal = Refusal::early(DenyReason::Shutdown, SHUTDOWN_DETAIL.into());
+            refusal.identity = Some(admitted.identity);
+            refusal.service = Some(admitted.service.name);
+            refusal.code = SqlState::CANNOT_CONNECT_NOW;
+            return ctx.refuse(&sock, secrets, kernel, refusal).await;
+        }
     };
     // Only an authorized session with its upstream connected is handed to the kernel:
     // a refusal above is written by our record layer, which then still holds the keys.
@@ -265,11 +277,29 @@ async fn connect_upstream(shared: &Shared, admitted: &Admitted) -> Result<Socket
     })
 }
 
+/// Why a connection still being admitted at the drain deadline was refused.
+const SHUTDOWN_DETAIL: &str = "the gateway is shutting down";
+
+/// Runs `future` to its end unless `stop` is signalled first (then it is dropped, which
+/// cancels its ring operations).
+async fn unless_stopped<F: Future>(stop: &StopSignal, future: F) -> Result<F::Output, CloseReason> {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(value) = future.as_mut().poll(cx) {
+            return Poll::Ready(Ok(value));
+        }
+        stop.poll_stopped(cx).map(Err)
+    })
+    .await
+}
+
 /// What every record of this session shares.
 struct Ctx<'a> {
     worker: &'a Rc<Worker>,
     session_id: &'a str,
     peer: SocketAddr,
+    /// The connection's shutdown signal (see [`serve`]).
+    stop: Rc<StopSignal>,
 }
 
 impl Ctx<'_> {
@@ -291,17 +321,21 @@ impl Ctx<'_> {
         };
         let result = {
             let _guard = self.worker.handshake_guard();
-            uring::timeout(
+            let handshake = uring::timeout(
                 shared.config.handshake_timeout,
                 handshake::handshake(sock, conn),
-            )
-            .await
+            );
+            unless_stopped(&self.stop, handshake).await
         };
         let (reason, detail) = match result {
-            Ok(Ok(established)) => return Some(established),
-            Ok(Err(HandshakeError::Tls(err))) => (tls::deny_reason(&err), Some(err.to_string())),
-            Ok(Err(err)) => (DenyReason::HandshakeFailed, Some(err.to_string())),
-            Err(uring::Elapsed) => (DenyReason::HandshakeTimeout, None),
+            Ok(Ok(Ok(established))) => return Some(established),
+            Ok(Ok(Err(HandshakeError::Tls(err)))) => {
+                (tls::deny_reason(&err), Some(err.to_string()))
+            }
+            Ok(Ok(Err(err))) => (DenyReason::HandshakeFailed, Some(err.to_string())),
+            Ok(Err(uring::Elapsed)) => (DenyReason::HandshakeTimeout, None),
+            // Dropping the handshake closes the socket: no alert, the client is mid-way.
+            Err(_) => (DenyReason::Shutdown, Some(SHUTDOWN_DETAIL.into())),
         };
         let mut refusal = Refusal::early(reason, String::new());
         refusal.detail = detail.unwrap_or_default();
@@ -320,9 +354,12 @@ impl Ctx<'_> {
     ) {
         let Admitted { identity, service } = admitted;
         let started = Instant::now();
-        let registration = self
-            .worker
-            .register(&identity, &service.name, shared.generation);
+        let registration = self.worker.register(
+            &identity,
+            &service.name,
+            shared.generation,
+            self.stop.clone(),
+        );
         let start = AuditRecord::new(Event::SessionStart, self.session_id, self.peer)
             .identity(&identity)
             .service(Some(&service.name));

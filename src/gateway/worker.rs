@@ -5,7 +5,8 @@
 //! refuses the connection at once (audited as `overloaded`) instead of queueing it.
 //! Shutdown arrives through an eventfd the main thread writes: the first write stops
 //! accepting and lets sessions finish within `drain_timeout`; the deadline (or a second
-//! write) tells every remaining session to stop, and each still writes its end record.
+//! write) tells every remaining connection to stop, and each still writes its record: a
+//! session its end, a connection still being admitted its denial (`shutdown`).
 //!
 //! A sweep task re-checks live sessions every [`SWEEP_EVERY`]: certificate expiry, the
 //! CRL, and, after a reload, the policy. A session that no longer passes is told to stop
@@ -48,8 +49,12 @@ pub struct Worker {
     pub id: usize,
     pub shared: SharedCell,
     pub audit: AuditSink,
-    /// Authorized sessions, by slab key, for the sweep and for shutdown.
+    /// Authorized sessions, by slab key, for the sweep.
     sessions: RefCell<Slab<LiveSession>>,
+    /// The stop signal of every accepted connection, admitted or not, for shutdown: a
+    /// connection still in its handshake at the drain deadline must end (and be
+    /// recorded) like a session does.
+    stops: RefCell<Slab<Rc<StopSignal>>>,
     /// Connections accepted and not yet finished (including handshakes).
     connections: Cell<usize>,
     handshakes: Cell<usize>,
@@ -86,6 +91,7 @@ pub fn run(setup: WorkerSetup) {
         shared: setup.shared,
         audit: setup.audit,
         sessions: RefCell::new(Slab::new()),
+        stops: RefCell::new(Slab::new()),
         connections: Cell::new(0),
         handshakes: Cell::new(0),
         next_session: Cell::new(0),
@@ -154,14 +160,15 @@ async fn serve(worker: Rc<Worker>, listener: socket2::Socket, wake: OwnedFd) {
         }
     }
 
-    // Whatever is left is told to stop; each session then writes its end record.
+    // Whatever is left is told to stop; each connection then writes its one record:
+    // a session its end, a connection not yet admitted its denial.
     if worker.connections.get() > 0 {
         tracing::warn!(
             sessions = worker.connections.get(),
             "drain timeout: closing sessions"
         );
-        for (_, session) in worker.sessions.borrow().iter() {
-            session.stop.stop(CloseReason::Shutdown);
+        for (_, stop) in worker.stops.borrow().iter() {
+            stop.stop(CloseReason::Shutdown);
         }
         let deadline = Instant::now() + Duration::from_secs(2);
         while worker.connections.get() > 0 && Instant::now() < deadline {
@@ -190,22 +197,24 @@ impl Worker {
         let guard = ConnectionGuard::new(self.clone());
         uring::spawn(
             async move {
-                session::serve(&guard.worker, sock, session_id, refuse).await;
+                let stop = guard.stop.clone();
+                session::serve(&guard.worker, sock, session_id, refuse, stop).await;
                 drop(guard);
             }
             .instrument(span),
         );
     }
 
-    /// Registers an authorized session so that the sweep and shutdown can reach it;
-    /// unregisters on drop. `generation` is that of the state it was authorized under.
+    /// Registers an authorized session so that the sweep can reach it through `stop`
+    /// (its connection's signal); unregisters on drop. `generation` is that of the
+    /// state it was authorized under.
     pub fn register(
         self: &Rc<Self>,
         identity: &Identity,
         service: &str,
         generation: u64,
+        stop: Rc<StopSignal>,
     ) -> Registration {
-        let stop = Rc::new(StopSignal::default());
         let session = LiveSession {
             stop: stop.clone(),
             identity: identity.clone(),
@@ -293,21 +302,27 @@ impl Drop for Registration {
     }
 }
 
-/// Counts an accepted connection until its task ends, however it ends (a task dropped
-/// at shutdown or after a panic still gives its count back).
+/// Counts an accepted connection and keeps its stop signal reachable for shutdown until
+/// its task ends, however it ends (a task dropped at shutdown or after a panic still
+/// gives its count back).
 struct ConnectionGuard {
     worker: Rc<Worker>,
+    stop: Rc<StopSignal>,
+    key: usize,
 }
 
 impl ConnectionGuard {
     fn new(worker: Rc<Worker>) -> ConnectionGuard {
         worker.connections.set(worker.connections.get() + 1);
-        ConnectionGuard { worker }
+        let stop = Rc::new(StopSignal::default());
+        let key = worker.stops.borrow_mut().insert(stop.clone());
+        ConnectionGuard { worker, stop, key }
     }
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
+        self.worker.stops.borrow_mut().try_remove(self.key);
         self.worker
             .connections
             .set(self.worker.connections.get() - 1);

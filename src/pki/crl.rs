@@ -56,6 +56,12 @@ struct Entry {
 
 impl RevocationList {
     /// Reads a PEM (or DER) CRL. Errors name the file.
+    ///
+    /// Neither the signature nor nextUpdate is checked here: rustls checks the signature
+    /// at each handshake, and a CRL from the wrong CA then covers no client certificate,
+    /// which refuses every session (fail closed) although the reload said ok. A stale
+    /// CRL stays in use by the gateway, while PostgreSQL refuses all clients with it.
+    /// Both are in docs/limitations.md.
     pub fn load(path: &Path) -> Result<RevocationList, PkiError> {
         let bytes = files::read(path)?;
         let der = match CertificateRevocationListDer::from_pem_slice(&bytes) {

@@ -11,7 +11,7 @@ mod stop;
 mod userspace;
 
 pub use stop::StopSignal;
-pub use userspace::{PumpEnd, PumpError, PumpStats, Side, pump};
+pub use userspace::{PumpEnd, PumpError, PumpStats, Side, pump, pump_watching};
 
 use std::os::fd::AsRawFd;
 

@@ -13,10 +13,7 @@
 //!   the sealed records, which then lie back to back, with one `send`.
 //!
 //! A direction reads only when what it read before has been sent, so each holds at most
-//! one buffer. The pool's buffers are not registered with the ring and nothing is sent
-//! with SEND_ZC: the moves are plain non-blocking calls. Zero-copy send is not
-//! measured yet; on loopback, where every measurement here runs, the kernel copies
-//! anyway (its MSG_ZEROCOPY documentation) and adds a completion (docs/limitations.md). Half-close is propagated (end of stream or close_notify on one side
+//! one buffer. Half-close is propagated (end of stream or close_notify on one side
 //! becomes shutdown or close_notify on the other), and the pump ends when both
 //! directions are done, a side fails, or the session is told to stop.
 
@@ -39,12 +36,6 @@ use crate::sys::uring::{self, PollMulti, PollOnce, Socket};
 use crate::tls::record::{
     HEADER_LEN, MAX_CIPHERTEXT, MAX_PLAINTEXT, Opened, RecordError, RecordLayer, TicketSink,
 };
-
-/// What the input polls watch. POLLRDHUP tells a FIN from data: both wake the poll
-/// once, and when they arrive together a short read takes the data and leaves the FIN.
-const IN_EVENTS: i16 = libc::POLLIN | libc::POLLRDHUP;
-const POLLIN: u32 = libc::POLLIN as u32;
-const HUP_EVENTS: u32 = (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) as u32;
 
 /// Which end of the pump.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +85,28 @@ pub async fn pump<D>(
 where
     KernelConnection<D>: TicketSink,
 {
+    pump_watching(tls, records, plain, stop, None).await
+}
+
+/// What [`pump_watching`] shows the first data record from the TLS side.
+pub type Watch<'w> = &'w mut dyn FnMut(&[u8]);
+
+/// Like [`pump`], and shows `first_from_tls` the plaintext of the first data record
+/// from the TLS side before it is passed on unchanged (the agent reads the gateway's
+/// refusal there). Only that one record: the cost on the rest of the stream is one
+/// test of an empty `Option` per record.
+pub async fn pump_watching<D>(
+    tls: &Socket,
+    records: &mut RecordLayer<D>,
+    plain: &Socket,
+    stop: &StopSignal,
+    first_from_tls: Option<Watch<'_>>,
+) -> (PumpEnd, PumpStats)
+where
+    KernelConnection<D>: TicketSink,
+{
     let mut pump = Pump::new(tls, records, plain);
+    pump.first_from_tls = first_from_tls;
     for sock in [tls, plain] {
         if let Err(err) = SockRef::from(sock.as_fd()).set_nonblocking(true) {
             let side = if std::ptr::eq(sock, tls) {
@@ -126,7 +138,7 @@ where
     (end, pump.stats)
 }
 
-struct Pump<'a, D> {
+struct Pump<'a, 'w, D> {
     tls: &'a Socket,
     plain: &'a Socket,
     records: &'a mut RecordLayer<D>,
@@ -146,34 +158,37 @@ struct Pump<'a, D> {
 
     tls_readable: bool,
     plain_readable: bool,
+    /// The peer's end of stream (or an error) has been reported on this socket; see
+    /// [`HANGUP_EVENTS`].
+    tls_hangup: bool,
+    plain_hangup: bool,
     tls_writable: bool,
     plain_writable: bool,
     tls_eof: bool,
     plain_eof: bool,
-    /// The peer's FIN (or an error) is queued behind whatever data is left: the poll
-    /// said so once, and will not again, so reads go on until they see it.
-    tls_hup: bool,
-    plain_hup: bool,
     plain_shut: bool,
     tls_shut: bool,
     close_notify_sent: bool,
     first_close: Option<Side>,
     stats: PumpStats,
+    /// Shown the first data record from the TLS side, then dropped.
+    first_from_tls: Option<Watch<'w>>,
 }
 
 /// The readiness reports one wait may bring.
 #[derive(Default)]
 struct Ready {
     stop: Option<CloseReason>,
-    /// The `revents` of each side's input poll, 0 if it did not report.
-    tls_in: u32,
-    plain_in: u32,
+    tls_in: bool,
+    plain_in: bool,
+    tls_hangup: bool,
+    plain_hangup: bool,
     tls_out: bool,
     plain_out: bool,
     error: Option<(Side, io::Error)>,
 }
 
-impl<'a, D> Pump<'a, D>
+impl<'a, 'w, D> Pump<'a, 'w, D>
 where
     KernelConnection<D>: TicketSink,
 {
@@ -193,23 +208,24 @@ where
             // Data may already be waiting; a read that finds none costs one EAGAIN.
             tls_readable: true,
             plain_readable: true,
+            tls_hangup: false,
+            plain_hangup: false,
             tls_writable: true,
             plain_writable: true,
             tls_eof: false,
             plain_eof: false,
-            tls_hup: false,
-            plain_hup: false,
             plain_shut: false,
             tls_shut: false,
             close_notify_sent: false,
             first_close: None,
             stats: PumpStats::default(),
+            first_from_tls: None,
         }
     }
 
     async fn run(&mut self, stop: &StopSignal) -> PumpEnd {
-        let mut tls_in = PollMulti::new(self.tls.as_raw_fd(), IN_EVENTS);
-        let mut plain_in = PollMulti::new(self.plain.as_raw_fd(), IN_EVENTS);
+        let mut tls_in = PollMulti::new(self.tls.as_raw_fd(), libc::POLLIN | libc::POLLRDHUP);
+        let mut plain_in = PollMulti::new(self.plain.as_raw_fd(), libc::POLLIN | libc::POLLRDHUP);
         let mut tls_out: Option<PollOnce> = None;
         let mut plain_out: Option<PollOnce> = None;
         loop {
@@ -235,13 +251,25 @@ where
                     ready.stop = Some(reason);
                     any = true;
                 }
-                for (poll, flag, side) in [
-                    (&mut tls_in, &mut ready.tls_in, Side::Tls),
-                    (&mut plain_in, &mut ready.plain_in, Side::Plain),
+                for (poll, flag, hangup, side) in [
+                    (
+                        &mut tls_in,
+                        &mut ready.tls_in,
+                        &mut ready.tls_hangup,
+                        Side::Tls,
+                    ),
+                    (
+                        &mut plain_in,
+                        &mut ready.plain_in,
+                        &mut ready.plain_hangup,
+                        Side::Plain,
+                    ),
                 ] {
                     match poll.poll_next(cx) {
-                        // Never 0: an input poll reports at least one event.
-                        Poll::Ready(Ok(revents)) => *flag = revents | POLLIN,
+                        Poll::Ready(Ok(revents)) => {
+                            *flag = true;
+                            *hangup = revents & HANGUP_EVENTS != 0;
+                        }
                         Poll::Ready(Err(err)) => ready.error = Some((side, err)),
                         Poll::Pending => continue,
                     }
@@ -276,10 +304,10 @@ where
                     error: PumpError::Io(err),
                 };
             }
-            self.tls_readable |= ready.tls_in != 0;
-            self.plain_readable |= ready.plain_in != 0;
-            self.tls_hup |= ready.tls_in & HUP_EVENTS != 0;
-            self.plain_hup |= ready.plain_in & HUP_EVENTS != 0;
+            self.tls_readable |= ready.tls_in;
+            self.plain_readable |= ready.plain_in;
+            self.tls_hangup |= ready.tls_hangup;
+            self.plain_hangup |= ready.plain_hangup;
             self.tls_writable |= ready.tls_out;
             self.plain_writable |= ready.plain_out;
         }
@@ -342,9 +370,9 @@ where
             }
             Ok(n) => {
                 self.rx_len += n;
-                // A short read drained the data; the poll reports anything newer,
-                // except a FIN it already reported, which is still to be read.
-                self.tls_readable = n == space || self.tls_hup;
+                // A short read drained the socket and the poll reports anything newer,
+                // except an end of stream that came with the data (see HANGUP_EVENTS).
+                self.tls_readable = n == space || self.tls_hangup;
             }
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                 self.tls_readable = false;
@@ -381,7 +409,11 @@ where
             }
             match self.records.open(&mut rx[pos..end]) {
                 Ok(Opened::Data(range)) if !range.is_empty() => {
-                    self.plain_ranges.push(pos + range.start..pos + range.end);
+                    let range = pos + range.start..pos + range.end;
+                    if let Some(watch) = self.first_from_tls.take() {
+                        watch(&rx[range.clone()]);
+                    }
+                    self.plain_ranges.push(range);
                 }
                 Ok(Opened::Data(_) | Opened::Handled) => {}
                 Ok(Opened::CloseNotify) => {
@@ -511,7 +543,7 @@ where
             }
             Ok(n) => {
                 self.stats.to_tls += n as u64;
-                self.plain_readable = n == RECORDS_PER_BUFFER * MAX_PLAINTEXT || self.plain_hup;
+                self.plain_readable = n == RECORDS_PER_BUFFER * MAX_PLAINTEXT || self.plain_hangup;
                 let (full, rest) = (n / MAX_PLAINTEXT, n % MAX_PLAINTEXT);
                 for i in 0..full {
                     self.records.seal_data(
@@ -580,6 +612,16 @@ where
         self.close_notify_sent = true;
     }
 }
+
+/// Poll bits that say the peer will send nothing more (FIN, or an error such as a
+/// reset). A short read normally means the socket is drained and the multishot poll
+/// will report whatever arrives next; but data and the FIN that follows it can arrive
+/// before the kernel evaluates the poll, and then one report covers both. The short
+/// read returns the data, and no later report comes for the FIN, which was already
+/// there: trusting the short read would leave the session open forever after its
+/// client (psql sending Terminate and closing at once) has gone. Once one of these
+/// bits has been seen, the pump reads on until the read returns 0 or fails.
+const HANGUP_EVENTS: u32 = (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) as u32;
 
 fn failed(side: Side, err: io::Error) -> PumpEnd {
     PumpEnd::Failed {
