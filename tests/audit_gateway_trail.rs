@@ -21,8 +21,9 @@ fn login_ok(agent: &Agent, pki: &Pki, cert: &CertPair, gateway: &Gateway) {
     let out = psql(agent.port, pki, cert, "alice", "SELECT 1");
     assert!(
         out.status.success(),
-        "psql through the tunnel failed:\n{}\ngateway stderr:\n{}",
+        "psql through the tunnel failed:\n{}\nagent stderr:\n{}\ngateway stderr:\n{}",
         out.describe(),
+        agent.stderr(),
         gateway.stderr()
     );
 }

@@ -496,6 +496,20 @@ impl Gateway {
             let _ = child.kill();
             let _ = child.wait();
         }
+
+        // The process is gone, but its listening sockets may not be: the workers' rings
+        // still held them in multishot accepts, and the kernel tears a ring down in a
+        // work item after the process exits. Until then the old socket shows as LISTEN
+        // and a restart would take it for its own (SO_REUSEPORT lets both bind).
+        let deadline = Instant::now() + WAIT;
+        while is_listening(self.port()) {
+            assert!(
+                Instant::now() < deadline,
+                "the killed gateway's listener on port {} was still open after {WAIT:?}",
+                self.port()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// SIGTERM and a bounded wait for the drain, like [`Gateway::stop`], but the folder
