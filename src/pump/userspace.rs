@@ -229,13 +229,23 @@ where
         let mut tls_out: Option<PollOnce> = None;
         let mut plain_out: Option<PollOnce> = None;
         loop {
-            if let Err(end) = self.drive() {
-                return end;
-            }
+            let more = match self.drive() {
+                Ok(more) => more,
+                Err(end) => return end,
+            };
             if self.plain_shut && self.tls_shut {
                 return PumpEnd::Closed {
                     first: self.first_close.unwrap_or(Side::Tls),
                 };
+            }
+            if more {
+                // A busy session lets the worker's other sessions (and its accepts and
+                // handshakes) run before it goes on; its readiness flags still hold.
+                uring::yield_now().await;
+                if let Some(reason) = stop.reason() {
+                    return PumpEnd::Stopped(reason);
+                }
+                continue;
             }
             if !self.tls_writable && tls_out.is_none() {
                 tls_out = Some(uring::poll(self.tls.as_raw_fd(), libc::POLLOUT));
@@ -313,15 +323,17 @@ where
         }
     }
 
-    /// Makes all the progress possible without waiting.
-    fn drive(&mut self) -> Result<(), PumpEnd> {
-        loop {
+    /// Makes the progress possible without waiting, up to a budget of
+    /// [`STEPS_PER_WAKE`]. Returns whether the budget ran out with more to do.
+    fn drive(&mut self) -> Result<bool, PumpEnd> {
+        for _ in 0..STEPS_PER_WAKE {
             let inbound = self.inbound()?;
             let outbound = self.outbound()?;
             if !inbound && !outbound {
-                return Ok(());
+                return Ok(false);
             }
         }
+        Ok(true)
     }
 
     /// TLS to plain. Returns whether anything happened.
@@ -470,10 +482,14 @@ where
                 self.plain_writable = false;
                 Ok(false)
             }
-            // The plain peer is gone after saying goodbye: what it has not taken is moot.
+            // The plain peer is gone after saying goodbye: what it has not taken is moot,
+            // and so is everything the TLS side would still send. Reading on would pass
+            // an endless stream (a download whose reader left) into a dead end forever.
             Err(_) if self.plain_eof => {
                 self.plain_ranges.clear();
                 self.plain_sent = 0;
+                self.tls_eof = true;
+                self.plain_shut = true;
                 Ok(true)
             }
             Err(err) => Err(failed(Side::Plain, err)),
@@ -613,6 +629,13 @@ where
     }
 }
 
+/// Rounds (a receive or a send each way) one session may take before it yields to the
+/// worker's other sessions: at most 8 buffers of 64 KiB each way, a few hundred
+/// microseconds of work. Without a bound, a session whose peers keep up (a bulk copy
+/// over loopback) never gave the worker back, and its other sessions, accepts and
+/// handshakes waited for it to end.
+const STEPS_PER_WAKE: usize = 8;
+
 /// Poll bits that say the peer will send nothing more (FIN, or an error such as a
 /// reset). A short read normally means the socket is drained and the multishot poll
 /// will report whatever arrives next; but data and the FIN that follows it can arrive
@@ -704,5 +727,57 @@ mod tests {
             let mut plain_rest = Vec::new();
             plain_far.read_to_end(&mut plain_rest).unwrap();
         }
+    }
+
+    /// A download whose reader has gone: the plain peer closed for good while the TLS
+    /// side keeps streaming. Nothing can be delivered any more, so the pump must end.
+    /// It used to read and discard forever, a core busy per such session (seen after a
+    /// bench run, whose download sessions never ended).
+    #[test]
+    fn a_stream_into_a_plain_peer_that_left_ends_the_pump() {
+        let (mut client, server, _) = pair(None, false);
+        let (mut tls_far, tls) = tcp_pair();
+        let (plain_far, plain) = tcp_pair();
+        let (done_tx, done_rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut server = server;
+            let rt = Runtime::new().unwrap();
+            let result = rt.block_on(async move {
+                let stop = StopSignal::default();
+                pump(&tls, &mut server, &plain, &stop).await
+            });
+            let _ = done_tx.send(result.map(|(end, _)| format!("{end:?}")));
+        });
+
+        // The plain peer leaves at once: FIN, then its socket is gone.
+        drop(plain_far);
+
+        // The TLS peer streams full records until the pump closes its socket, for 10 s
+        // at most. A write that fails means the pump ended and closed the connection.
+        let mut record = vec![0u8; MAX_PLAINTEXT + RECORD_OVERHEAD];
+        tls_far
+            .set_write_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut outcome = None;
+        while outcome.is_none() && std::time::Instant::now() < deadline {
+            let len = client.seal_data(&mut record, MAX_PLAINTEXT);
+            match tls_far.write_all(&record[..len]) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {}
+                Err(_) => outcome = done_rx.recv_timeout(Duration::from_secs(5)).ok(),
+            }
+            if outcome.is_none() {
+                outcome = done_rx.try_recv().ok();
+            }
+        }
+        let end = outcome
+            .expect("the pump still ran 10 s after its plain peer left")
+            .expect("runtime ran");
+        assert!(
+            end.starts_with("Closed") || end.starts_with("Failed"),
+            "the pump ended, but as {end}"
+        );
     }
 }
