@@ -150,9 +150,19 @@ lt_psql_admin() {
         -U postgres -d postgres "$@"
 }
 
-# lt_pgtunnel: gateway (service "pg" -> the cluster) and agent.
+# lt_pgtunnel: gateway (service "pg" -> the cluster) and agent. With LT_ECHO_PORT set
+# (an echo upstream, `pgtunnel bench --serve-upstream`), also service "echo" on the same
+# gateway and a second agent for it on LT_ECHO_AGENT_PORT (PID in LT_PID_echo_agent).
 lt_pgtunnel() {
     LT_GW_PORT=$(lt_free_port)
+    local echo_service=""
+    if [[ -n ${LT_ECHO_PORT:-} ]]; then
+        echo_service="
+[[service]]
+name = \"echo\"
+upstream = \"127.0.0.1:$LT_ECHO_PORT\"
+allow_users = [\"bench\"]"
+    fi
     cat >"$LT_WORK/gateway.toml" <<EOF
 [gateway]
 listen = "127.0.0.1:$LT_GW_PORT"
@@ -167,6 +177,7 @@ drain_timeout = "2s"
 name = "pg"
 upstream = "127.0.0.1:$LT_PG_PORT"
 allow_users = ["bench"]
+$echo_service
 EOF
     lt_spawn gateway "$LT_WORK/gateway.log" "$PGTUNNEL" gateway --config "$LT_WORK/gateway.toml"
     lt_wait_listen "$LT_GW_PORT" "pgtunnel gateway"
@@ -175,6 +186,14 @@ EOF
         --service pg --listen "127.0.0.1:$LT_AGENT_PORT" --cert "$LT_WORK/bench.crt" \
         --key "$LT_WORK/bench.key" --ca "$LT_CA"
     lt_wait_listen "$LT_AGENT_PORT" "pgtunnel connect"
+    if [[ -n ${LT_ECHO_PORT:-} ]]; then
+        LT_ECHO_AGENT_PORT=$(lt_free_port)
+        lt_spawn echo_agent "$LT_WORK/echo-agent.log" "$PGTUNNEL" connect \
+            --gateway "127.0.0.1:$LT_GW_PORT" --service echo \
+            --listen "127.0.0.1:$LT_ECHO_AGENT_PORT" --cert "$LT_WORK/bench.crt" \
+            --key "$LT_WORK/bench.key" --ca "$LT_CA"
+        lt_wait_listen "$LT_ECHO_AGENT_PORT" "pgtunnel connect (echo)"
+    fi
 }
 
 # lt_pgbench PORT ARGS...: pgbench as "bench" with the login certificate through

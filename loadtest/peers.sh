@@ -5,14 +5,20 @@
 #
 #   loadtest/peers.sh [--rounds N] [--time SECONDS] [--clients C] [--jobs J]
 #                     [--scale S] [--out FILE.md] [--peers "pgtunnel stunnel haproxy nginx"]
+#                     [--parts "pgbench bench"] [--bench-time SECONDS]
+#                     [--handshake-clients N]
 #
 # First a functional check: each terminator must accept the login certificate and refuse
 # a missing, a foreign-CA and an expired client certificate (a peer that fails it is not
-# measured). Then one run of interleaved rounds — pgbench select-only and TPC-B-like
-# through every peer's agent and directly, the order rotating each round — and a
-# Markdown table of medians with ratios to direct, CPU per transaction of each product's
-# server and client side, versions and machine. Installs missing peers from Debian's
-# packages (stunnel4, haproxy, nginx-light, libnginx-mod-stream) when run as root.
+# measured). Then one run of interleaved rounds, the order of the peers rotating each
+# round: pgbench select-only and TPC-B-like through every peer's agent and directly; and
+# `pgtunnel bench` against every peer's terminator and agent in front of the bench's echo
+# upstream (full and resumed mTLS handshakes at --handshake-clients concurrent clients,
+# 64-byte round trips on one connection, bulk up, down and both ways), each bench run
+# with its own direct baseline. Markdown tables of medians over rounds with ratios to
+# direct and to the best peer, CPU of each product's server and client side, versions and
+# machine. Installs missing peers from Debian's packages (stunnel4, haproxy, nginx-light,
+# libnginx-mod-stream) when run as root.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -23,6 +29,9 @@ JOBS=2
 SCALE=10
 OUT=""
 PEERS="pgtunnel stunnel haproxy nginx"
+PARTS="pgbench bench"
+BENCH_TIME=2
+HS_CLIENTS=32
 LT_COMMAND="$0 $*"
 while (($#)); do
     case $1 in
@@ -33,14 +42,23 @@ while (($#)); do
     --scale) SCALE=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     --peers) PEERS=$2; shift 2 ;;
-    -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+    --parts) PARTS=$2; shift 2 ;;
+    --bench-time) BENCH_TIME=$2; shift 2 ;;
+    --handshake-clients) HS_CLIENTS=$2; shift 2 ;;
+    -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "peers.sh: unknown argument $1 (see --help)" >&2; exit 64 ;;
     esac
 done
-for n in "$ROUNDS" "$TIME" "$CLIENTS" "$JOBS" "$SCALE"; do
+for n in "$ROUNDS" "$TIME" "$CLIENTS" "$JOBS" "$SCALE" "$BENCH_TIME" "$HS_CLIENTS"; do
     [[ $n =~ ^[1-9][0-9]*$ ]] || { echo "peers.sh: $n: expected a positive integer" >&2; exit 64; }
 done
-((ROUNDS <= 100 && TIME <= 600)) || { echo "peers.sh: at most 100 rounds of 600 s" >&2; exit 64; }
+((ROUNDS <= 100 && TIME <= 600 && BENCH_TIME <= 600)) ||
+    { echo "peers.sh: at most 100 rounds of 600 s" >&2; exit 64; }
+((HS_CLIENTS <= 256)) || { echo "peers.sh: --handshake-clients: at most 256" >&2; exit 64; }
+for part in $PARTS; do
+    [[ $part =~ ^(pgbench|bench)$ ]] ||
+        { echo "peers.sh: --parts: unknown part $part (pgbench, bench)" >&2; exit 64; }
+done
 for p in $PEERS; do
     [[ $p =~ ^(pgtunnel|stunnel|haproxy|nginx)$ ]] ||
         { echo "peers.sh: --peers: unknown peer $p" >&2; exit 64; }
@@ -115,19 +133,25 @@ EOF
 }
 
 # Per peer: server-side terminator port, client-side agent port, PIDs of each side.
+# ECHO_*: the same, in front of the bench's echo upstream (the bench scenarios). The
+# peers serve both from one process each; pgtunnel's gateway too (service "echo"), with
+# a second agent (ECHO_CLIENT_PID), as an agent serves one service.
 declare -A TERM_PORT AGENT_PORT SERVER_PIDS CLIENT_PIDS SNI ALPN VERSION
+declare -A ECHO_TERM ECHO_AGENT ECHO_CLIENT_PID
 
 start_pgtunnel() {
     lt_pgtunnel
     TERM_PORT[pgtunnel]=$LT_GW_PORT AGENT_PORT[pgtunnel]=$LT_AGENT_PORT
+    ECHO_TERM[pgtunnel]=$LT_GW_PORT ECHO_AGENT[pgtunnel]=$LT_ECHO_AGENT_PORT
     SERVER_PIDS[pgtunnel]=$LT_PID_gateway CLIENT_PIDS[pgtunnel]=$LT_PID_agent
+    ECHO_CLIENT_PID[pgtunnel]=$LT_PID_echo_agent
     SNI[pgtunnel]=pg ALPN[pgtunnel]=pgtunnel
     VERSION[pgtunnel]=$("$PGTUNNEL" --version)
 }
 
 start_stunnel() {
-    local t a d=$LT_WORK/stunnel
-    t=$(lt_free_port) a=$(lt_free_port)
+    local t a te ae d=$LT_WORK/stunnel
+    t=$(lt_free_port) a=$(lt_free_port) te=$(lt_free_port) ae=$(lt_free_port)
     mkdir -p "$d"
     cat >"$d/server.conf" <<EOF
 foreground = yes
@@ -135,6 +159,15 @@ pid =
 [pg]
 accept = 127.0.0.1:$t
 connect = 127.0.0.1:$LT_PG_PORT
+cert = $LT_WORK/server.crt
+key = $LT_WORK/server.key
+CAfile = $LT_CA
+requireCert = yes
+verifyChain = yes
+sslVersionMin = TLSv1.3
+[echo]
+accept = 127.0.0.1:$te
+connect = 127.0.0.1:$LT_ECHO_PORT
 cert = $LT_WORK/server.crt
 key = $LT_WORK/server.key
 CAfile = $LT_CA
@@ -156,20 +189,31 @@ verifyChain = yes
 checkHost = localhost
 sni = localhost
 sslVersionMin = TLSv1.3
+[echo]
+client = yes
+accept = 127.0.0.1:$ae
+connect = 127.0.0.1:$te
+cert = $LT_WORK/bench.crt
+key = $LT_WORK/bench.key
+CAfile = $LT_CA
+verifyChain = yes
+checkHost = localhost
+sni = localhost
+sslVersionMin = TLSv1.3
 EOF
     lt_spawn stunnel_server "$d/server.log" stunnel4 "$d/server.conf"
     lt_spawn stunnel_client "$d/client.log" stunnel4 "$d/client.conf"
     lt_wait_listen "$t" "stunnel (server)"
     lt_wait_listen "$a" "stunnel (client)"
-    TERM_PORT[stunnel]=$t AGENT_PORT[stunnel]=$a
+    TERM_PORT[stunnel]=$t AGENT_PORT[stunnel]=$a ECHO_TERM[stunnel]=$te ECHO_AGENT[stunnel]=$ae
     SERVER_PIDS[stunnel]=$LT_PID_stunnel_server CLIENT_PIDS[stunnel]=$LT_PID_stunnel_client
     SNI[stunnel]=localhost ALPN[stunnel]=-
     VERSION[stunnel]=$(stunnel4 -version 2>&1 | awk '/^stunnel/ { print $1, $2; exit }')
 }
 
 start_haproxy() {
-    local t a d=$LT_WORK/haproxy
-    t=$(lt_free_port) a=$(lt_free_port)
+    local t a te ae d=$LT_WORK/haproxy
+    t=$(lt_free_port) a=$(lt_free_port) te=$(lt_free_port) ae=$(lt_free_port)
     mkdir -p "$d"
     cat "$LT_WORK/server.crt" "$LT_WORK/server.key" >"$d/server.pem"
     cat "$LT_WORK/bench.crt" "$LT_WORK/bench.key" >"$d/client.pem"
@@ -189,6 +233,11 @@ frontend tls_in
     default_backend pg
 backend pg
     server pg 127.0.0.1:$LT_PG_PORT
+frontend tls_echo
+    bind 127.0.0.1:$te ssl crt $d/server.pem ca-file $LT_CA verify required ssl-min-ver TLSv1.3
+    default_backend echo
+backend echo
+    server echo 127.0.0.1:$LT_ECHO_PORT
 EOF
     cat >"$d/client.cfg" <<EOF
 global
@@ -200,20 +249,25 @@ frontend plain_in
     default_backend tunnel
 backend tunnel
     server t 127.0.0.1:$t ssl crt $d/client.pem ca-file $LT_CA verify required verifyhost localhost sni str(localhost) ssl-min-ver TLSv1.3
+frontend plain_echo
+    bind 127.0.0.1:$ae
+    default_backend tunnel_echo
+backend tunnel_echo
+    server te 127.0.0.1:$te ssl crt $d/client.pem ca-file $LT_CA verify required verifyhost localhost sni str(localhost) ssl-min-ver TLSv1.3
 EOF
     lt_spawn haproxy_server "$d/server.log" haproxy -db -f "$d/server.cfg"
     lt_spawn haproxy_client "$d/client.log" haproxy -db -f "$d/client.cfg"
     lt_wait_listen "$t" "haproxy (server)"
     lt_wait_listen "$a" "haproxy (client)"
-    TERM_PORT[haproxy]=$t AGENT_PORT[haproxy]=$a
+    TERM_PORT[haproxy]=$t AGENT_PORT[haproxy]=$a ECHO_TERM[haproxy]=$te ECHO_AGENT[haproxy]=$ae
     SERVER_PIDS[haproxy]=$LT_PID_haproxy_server CLIENT_PIDS[haproxy]=$LT_PID_haproxy_client
     SNI[haproxy]=localhost ALPN[haproxy]=-
     VERSION[haproxy]=$(haproxy -v | awk 'NR == 1 { print "HAProxy", $3 }')
 }
 
 start_nginx() {
-    local t a d=$LT_WORK/nginx
-    t=$(lt_free_port) a=$(lt_free_port)
+    local t a te ae d=$LT_WORK/nginx
+    t=$(lt_free_port) a=$(lt_free_port) te=$(lt_free_port) ae=$(lt_free_port)
     mkdir -p "$d"
     local head="load_module /usr/lib/nginx/modules/ngx_stream_module.so;
 daemon off;
@@ -235,6 +289,16 @@ stream {
         ssl_protocols TLSv1.3;
         proxy_pass 127.0.0.1:$LT_PG_PORT;
     }
+    server {
+        listen 127.0.0.1:$te ssl;
+        ssl_certificate $LT_WORK/server.crt;
+        ssl_certificate_key $LT_WORK/server.key;
+        ssl_client_certificate $LT_CA;
+        ssl_verify_client on;
+        ssl_protocols TLSv1.3;
+        proxy_pass 127.0.0.1:$LT_ECHO_PORT;
+        proxy_half_close on;
+    }
 }
 EOF
     cat >"$d/client.conf" <<EOF
@@ -254,13 +318,26 @@ stream {
         proxy_ssl_server_name on;
         proxy_ssl_protocols TLSv1.3;
     }
+    server {
+        listen 127.0.0.1:$ae;
+        proxy_pass 127.0.0.1:$te;
+        proxy_half_close on;
+        proxy_ssl on;
+        proxy_ssl_certificate $LT_WORK/bench.crt;
+        proxy_ssl_certificate_key $LT_WORK/bench.key;
+        proxy_ssl_trusted_certificate $LT_CA;
+        proxy_ssl_verify on;
+        proxy_ssl_name localhost;
+        proxy_ssl_server_name on;
+        proxy_ssl_protocols TLSv1.3;
+    }
 }
 EOF
     lt_spawn nginx_server "$d/server.log" nginx -e stderr -p "$d" -c "$d/server.conf"
     lt_spawn nginx_client "$d/client.log" nginx -e stderr -p "$d" -c "$d/client.conf"
     lt_wait_listen "$t" "nginx (server)"
     lt_wait_listen "$a" "nginx (client)"
-    TERM_PORT[nginx]=$t AGENT_PORT[nginx]=$a
+    TERM_PORT[nginx]=$t AGENT_PORT[nginx]=$a ECHO_TERM[nginx]=$te ECHO_AGENT[nginx]=$ae
     SERVER_PIDS[nginx]=$LT_PID_nginx_server CLIENT_PIDS[nginx]=$LT_PID_nginx_client
     SNI[nginx]=localhost ALPN[nginx]=-
     VERSION[nginx]=$(nginx -v 2>&1 | sed 's/^nginx version: //')
@@ -280,6 +357,10 @@ echo "setting up: PKI, PostgreSQL (scale $SCALE) in $LT_WORK" >&2
 lt_pki
 expired_cert
 lt_cluster
+# The bench's upstream: echo for handshakes and round trips, sink and source for bulk.
+LT_ECHO_PORT=$(lt_free_port)
+lt_spawn upstream "$LT_WORK/upstream.log" "$PGTUNNEL" bench --serve-upstream "127.0.0.1:$LT_ECHO_PORT"
+lt_wait_listen "$LT_ECHO_PORT" "bench upstream"
 
 MEASURED=()
 echo >&2
@@ -312,10 +393,46 @@ for p in $PEERS; do
     fi
 done
 
+for p in "${MEASURED[@]}"; do
+    [[ -n ${ECHO_CLIENT_PID[$p]:-} ]] || ECHO_CLIENT_PID[$p]=${CLIENT_PIDS[$p]}
+done
+
+# bench_round ROUND PEER: the bench scenarios against one peer, a JSON file each.
+bench_round() {
+    local r=$1 p=$2 sc out
+    local target=(--gateway "127.0.0.1:${ECHO_TERM[$p]}" --server-name localhost --service echo
+        --connect "127.0.0.1:${ECHO_AGENT[$p]}" --upstream "127.0.0.1:$LT_ECHO_PORT"
+        --cert "$LT_WORK/bench.crt" --key "$LT_WORK/bench.key" --ca "$LT_CA"
+        --gateway-pid "${SERVER_PIDS[$p]}" --agent-pid "${ECHO_CLIENT_PID[$p]}"
+        --duration "${BENCH_TIME}s")
+    for sc in handshake echo bulk; do
+        local extra=()
+        case $sc in
+        handshake) extra=(--connections "$HS_CLIENTS") ;;
+        # One connection: the latency of a round trip itself, not of a queue for the CPU.
+        echo) extra=(--connections 1 --size 64) ;;
+        bulk) extra=(--connections 4) ;;
+        esac
+        out=$LT_WORK/bench/$r-$p-$sc
+        timeout $((BENCH_TIME * 20 + 120)) "$PGTUNNEL" bench "${target[@]}" --scenario "$sc" \
+            "${extra[@]}" --json "$out.json" >"$out.txt" 2>&1 ||
+            lt_die "bench $sc against $p failed: $(tail -5 "$out.txt")"
+        printf 'round %d/%d  bench %-9s %-9s done\n' "$r" "$ROUNDS" "$sc" "$p" >&2
+    done
+}
+mkdir -p "$LT_WORK/bench"
+
 declare -A TPS LAT SCPU CCPU
 ROUTES=(direct "${MEASURED[@]}")
 WORKLOADS=(select-only tpcb-like)
+[[ $PARTS == *pgbench* ]] || WORKLOADS=()
 for ((r = 1; r <= ROUNDS; r++)); do
+    if [[ $PARTS == *bench* ]]; then
+        border=("${MEASURED[@]:$(((r - 1) % ${#MEASURED[@]}))}" "${MEASURED[@]:0:$(((r - 1) % ${#MEASURED[@]}))}")
+        for p in "${border[@]}"; do
+            bench_round "$r" "$p"
+        done
+    fi
     # Rotate the order every round so no route always runs first or last.
     order=("${ROUTES[@]:$(((r - 1) % ${#ROUTES[@]}))}" "${ROUTES[@]:0:$(((r - 1) % ${#ROUTES[@]}))}")
     for w in "${WORKLOADS[@]}"; do
@@ -344,15 +461,9 @@ for ((r = 1; r <= ROUNDS; r++)); do
     done
 done
 
-report() {
+pgbench_table() {
     local w route tps lat dt dl scpu ccpu
-    echo "## pgtunnel and its peers, pgbench through each, against direct"
-    echo
-    echo "Functional check (client certificate presented to each terminator):"
-    echo
-    echo "| terminator | valid login cert | none | foreign CA | expired |"
-    echo "|---|---|---|---|---|"
-    printf '%s' "$CHECKS"
+    echo "### pgbench through each, against direct"
     echo
     echo "pgbench -n, $CLIENTS clients, $JOBS threads, $TIME s per run, scale $SCALE; $ROUNDS" \
         "rounds, the route order rotating each round; medians over rounds. Every route" \
@@ -363,6 +474,7 @@ report() {
     echo
     echo "| workload | route | median tps | tps over rounds | median latency avg | tps vs direct | latency vs direct | CPU µs/tx server | CPU µs/tx client |"
     echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    : >"$LT_WORK/pgbench.tsv"
     for w in "${WORKLOADS[@]}"; do
         # shellcheck disable=SC2086 # space-separated numbers
         dt=$(lt_median ${TPS[$w,direct]})
@@ -373,6 +485,7 @@ report() {
             tps=$(lt_median ${TPS[$w,$route]})
             # shellcheck disable=SC2086
             lat=$(lt_median ${LAT[$w,$route]})
+            echo "$w $route $tps" >>"$LT_WORK/pgbench.tsv"
             scpu=— ccpu=—
             if [[ $route != direct ]]; then
                 # shellcheck disable=SC2086
@@ -388,7 +501,24 @@ report() {
         done
     done
     echo
-    echo "Versions: $(for p in "${MEASURED[@]}"; do printf '%s; ' "${VERSION[$p]}"; done)OpenSSL $(openssl version | awk '{ print $2 }') (stunnel, HAProxy, nginx), rustls (pgtunnel)."
+}
+
+report() {
+    echo "## pgtunnel and its peers: stunnel, HAProxy and nginx as mTLS terminators"
+    echo
+    echo "Functional check (client certificate presented to each terminator):"
+    echo
+    echo "| terminator | valid login cert | none | foreign CA | expired |"
+    echo "|---|---|---|---|---|"
+    printf '%s' "$CHECKS"
+    echo
+    ((${#WORKLOADS[@]})) && pgbench_table
+    if [[ $PARTS == *bench* ]]; then
+        python3 "$LT_ROOT/loadtest/peers_bench.py" --dir "$LT_WORK/bench" \
+            --peers "${MEASURED[*]}" --pgbench "$LT_WORK/pgbench.tsv" \
+            --handshake-clients "$HS_CLIENTS"
+    fi
+    echo "Versions: $(for p in "${MEASURED[@]}"; do printf '%s; ' "${VERSION[$p]}"; done)OpenSSL $(openssl version | awk '{ print $2 }') (stunnel, HAProxy, nginx), rustls (pgtunnel). Each peer runs one worker process or thread pool as configured above (nginx and HAProxy one worker, stunnel a thread per connection), pgtunnel's gateway ${GATEWAY_WORKERS:-1} worker."
     echo
     lt_machine
 }

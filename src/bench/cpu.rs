@@ -11,9 +11,9 @@
 //! - for the whole machine: the `cpu` line of `/proc/stat`, in USER_HZ ticks (fixed at
 //!   100 per second on Linux), to see what other processes used meanwhile.
 //!
-//! A process's total is the sum over its live threads, plus what its `stat` file says
-//! threads that have ended used (tick resolution; see [`process`]), so a target with a
-//! thread per connection is counted in full. Threads of our own that come and go (the
+//! A process's CPU is the exact sum over its live threads where its threads stay, and
+//! its coarser `stat` total where threads came and went (see [`ProcessCpu::since`]), so
+//! a target with a thread per connection is counted in full. Threads of our own that come and go (the
 //! in-process servers) are tracked by `ThreadGroup`, which keeps the CPU of threads that
 //! have ended exactly.
 
@@ -63,37 +63,62 @@ pub fn thread_self() -> io::Result<CpuTime> {
     read_schedstat("/proc/thread-self/schedstat")
 }
 
-/// CPU time of process `pid`: the exact sum over its live threads, plus the time of
-/// threads that have already ended.
-///
-/// Only the process's own `stat` remembers ended threads (utime + stime, in ticks), so
-/// their share is that total less the live threads' own `stat` totals. Each of those
-/// figures is rounded down to a tick on its own, so a process whose threads all live
-/// shows a difference of up to one tick per thread; that much is rounding and ignored.
-/// Servers with a thread per connection (stunnel) are counted right this way, to a few
-/// ticks; ours keep their threads and get nanoseconds.
-pub fn process(pid: u32) -> io::Result<CpuTime> {
-    let mut live = CpuTime::default();
-    let mut live_ticks = 0;
-    let mut threads = 0;
+/// What one look at a process's CPU found: the exact figures of its live threads, and
+/// the coarse total that also remembers threads that have ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessCpu {
+    /// Sum over the live threads' `schedstat`, in nanoseconds.
+    live: CpuTime,
+    /// The live threads' ids, sorted.
+    threads: Vec<u32>,
+    /// utime + stime of the whole process from its `stat`, in USER_HZ ticks: every
+    /// thread it ever had, each rounded down to a tick.
+    total_ticks: u64,
+}
+
+impl ProcessCpu {
+    /// CPU used between `earlier` and this look.
+    ///
+    /// When the same threads were there both times and the coarse total grew by no
+    /// more than the exact one (give or take a tick of rounding per thread), no thread
+    /// came and went, and the exact figure is the answer: the gateway and agent keep
+    /// their threads, so they get nanoseconds. Otherwise threads ended in between (a
+    /// server with a thread per connection, such as stunnel), whose time only the
+    /// coarse total holds; then it is the answer, at 10 ms resolution.
+    pub fn since(&self, earlier: &ProcessCpu) -> CpuTime {
+        let exact = self.live - earlier.live;
+        let tick_ns = 1_000_000_000 / USER_HZ;
+        let coarse_ns = self.total_ticks.saturating_sub(earlier.total_ticks) * tick_ns;
+        let rounding_ns = (self.threads.len() as u64 + 1) * tick_ns;
+        if self.threads == earlier.threads && coarse_ns <= exact.run_ns + rounding_ns {
+            exact
+        } else {
+            CpuTime {
+                run_ns: coarse_ns.max(exact.run_ns),
+                wait_ns: exact.wait_ns,
+            }
+        }
+    }
+}
+
+/// Looks at process `pid`'s CPU (see [`ProcessCpu::since`] for how two looks become a
+/// figure).
+pub fn process(pid: u32) -> io::Result<ProcessCpu> {
+    let mut look = ProcessCpu::default();
     for entry in fs::read_dir(format!("/proc/{pid}/task"))? {
         let dir = entry?.path();
         // A thread may end between listing and reading; it simply drops out here and
-        // is found again in the process's total.
-        let sched = read_schedstat(&dir.join("schedstat").to_string_lossy());
-        let ticks = read_stat_ticks(&dir.join("stat").to_string_lossy());
-        if let (Ok(t), Ok(ticks)) = (sched, ticks) {
-            live = live + t;
-            live_ticks += ticks;
-            threads += 1;
+        // stays in the process's total.
+        if let Ok(t) = read_schedstat(&dir.join("schedstat").to_string_lossy()) {
+            look.live = look.live + t;
+            if let Some(tid) = dir.file_name().and_then(|n| n.to_str()?.parse().ok()) {
+                look.threads.push(tid);
+            }
         }
     }
-    let group_ticks = read_stat_ticks(&format!("/proc/{pid}/stat"))?;
-    let ended_ticks = group_ticks.saturating_sub(live_ticks);
-    if ended_ticks > threads {
-        live.run_ns += ended_ticks * (1_000_000_000 / USER_HZ);
-    }
-    Ok(live)
+    look.threads.sort_unstable();
+    look.total_ticks = read_stat_ticks(&format!("/proc/{pid}/stat"))?;
+    Ok(look)
 }
 
 /// utime + stime from a `stat` file (proc(5): fields 14 and 15), in USER_HZ ticks.
@@ -292,7 +317,11 @@ mod tests {
     #[test]
     fn stat_ticks_are_utime_plus_stime_even_with_a_strange_command_name() {
         let line = "4242 (a b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 37 0 0 20 0 3 0";
-        assert_eq!(parse_stat_ticks(line).unwrap(), 287, "fields 14 and 15 summed");
+        assert_eq!(
+            parse_stat_ticks(line).unwrap(),
+            287,
+            "fields 14 and 15 summed"
+        );
         assert!(parse_stat_ticks("4242 no name").is_err(), "no parentheses");
     }
 
@@ -302,13 +331,52 @@ mod tests {
         thread::spawn(|| spin_cpu(Duration::from_millis(200), Duration::from_secs(5)))
             .join()
             .unwrap();
-        let used = process(std::process::id()).unwrap() - before;
+        let used = process(std::process::id()).unwrap().since(&before);
         // The spinning thread is gone; only the process's stat remembers it, in 10 ms
         // ticks. Other tests in this binary may run meanwhile and only add to it.
         assert!(
             used.run_ns >= 150_000_000,
             "an ended thread's 200 ms of CPU were lost: {} ms counted",
             used.run_ns / 1_000_000
+        );
+    }
+
+    #[test]
+    fn a_process_whose_threads_stay_is_counted_to_the_nanosecond() {
+        let earlier = ProcessCpu {
+            live: CpuTime {
+                run_ns: 1_000_000_003,
+                wait_ns: 5,
+            },
+            threads: vec![7, 9],
+            total_ticks: 100,
+        };
+        let later = ProcessCpu {
+            live: CpuTime {
+                run_ns: 1_012_345_678,
+                wait_ns: 8,
+            },
+            threads: vec![7, 9],
+            // 12.3 ms more, but the rounding of two threads may show it as 2 or 3 ticks.
+            total_ticks: 103,
+        };
+        assert_eq!(
+            later.since(&earlier),
+            CpuTime {
+                run_ns: 12_345_675,
+                wait_ns: 3
+            },
+            "same threads, no hidden time: the exact figure"
+        );
+        let churned = ProcessCpu {
+            threads: vec![7, 11],
+            total_ticks: 150,
+            ..later
+        };
+        assert_eq!(
+            churned.since(&earlier).run_ns,
+            500_000_000,
+            "a thread ended: the process total, 50 ticks"
         );
     }
 
@@ -342,7 +410,7 @@ mod tests {
         );
         let whole = process(std::process::id()).unwrap();
         assert!(
-            whole.run_ns >= used.run_ns,
+            whole.live.run_ns >= used.run_ns,
             "the process total includes this thread"
         );
     }

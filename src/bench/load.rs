@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
 
-use super::cpu::{self, CpuTime, MachineCpu, ThreadGroup};
+use super::cpu::{self, CpuTime, MachineCpu, ProcessCpu, ThreadGroup};
 use super::histogram::Latency;
 use super::progress::Progress;
 
@@ -447,8 +447,8 @@ fn coordinate(
             .push((seconds, round.ops, round.bytes_up, round.bytes_down));
         out.cpu.client = out.cpu.client + round.cpu;
         out.cpu.servers = out.cpu.servers + (after.servers - before.servers);
-        out.cpu.gateway = out.cpu.gateway + (after.gateway - before.gateway);
-        out.cpu.agent = out.cpu.agent + (after.agent - before.agent);
+        out.cpu.gateway = out.cpu.gateway + after.gateway_since(&before);
+        out.cpu.agent = out.cpu.agent + after.agent_since(&before);
         let m = after.machine - before.machine;
         out.cpu.machine.busy_ns += m.busy_ns;
         out.cpu.machine.idle_ns += m.idle_ns;
@@ -465,26 +465,45 @@ pub fn target_idle_cores(probes: &Probes, window: Duration) -> f64 {
     let before = sample(probes);
     thread::sleep(window);
     let after = sample(probes);
-    let busy = (after.gateway - before.gateway).run_ns + (after.agent - before.agent).run_ns;
+    let busy = after.gateway_since(&before).run_ns + after.agent_since(&before).run_ns;
     busy as f64 / 1e9 / window.as_secs_f64()
 }
 
 struct Sample {
-    gateway: CpuTime,
-    agent: CpuTime,
+    gateway: Option<ProcessCpu>,
+    /// One per agent, in `probes.agents` order.
+    agents: Vec<Option<ProcessCpu>>,
     servers: CpuTime,
     machine: MachineCpu,
 }
 
+impl Sample {
+    fn gateway_since(&self, earlier: &Sample) -> CpuTime {
+        since(&self.gateway, &earlier.gateway)
+    }
+
+    fn agent_since(&self, earlier: &Sample) -> CpuTime {
+        self.agents
+            .iter()
+            .zip(&earlier.agents)
+            .map(|(now, then)| since(now, then))
+            .fold(CpuTime::default(), |a, b| a + b)
+    }
+}
+
+/// A process that could not be read at either end (it exited) counts as nothing.
+fn since(now: &Option<ProcessCpu>, then: &Option<ProcessCpu>) -> CpuTime {
+    match (now, then) {
+        (Some(now), Some(then)) => now.since(then),
+        _ => CpuTime::default(),
+    }
+}
+
 fn sample(probes: &Probes) -> Sample {
-    let proc = |pid: Option<u32>| pid.and_then(|p| cpu::process(p).ok()).unwrap_or_default();
+    let proc = |pid: Option<u32>| pid.and_then(|p| cpu::process(p).ok());
     Sample {
         gateway: proc(probes.gateway),
-        agent: probes
-            .agents
-            .iter()
-            .map(|&p| proc(Some(p)))
-            .fold(CpuTime::default(), |a, b| a + b),
+        agents: probes.agents.iter().map(|&p| proc(Some(p))).collect(),
         servers: probes
             .servers
             .as_ref()
