@@ -325,3 +325,33 @@ fn a_login_certificate_from_a_same_named_ca_is_still_refused() {
         "expected a bad-signature (or unknown-issuer) refusal, got {err:?}"
     );
 }
+
+#[test]
+fn the_gateway_picks_aes_128_gcm_sha256_over_a_clients_preference_for_aes_256() {
+    let p = pki();
+    let alice = login(&p.ca, "alice", &[], Validity::starting_now(HOUR));
+    // The libraries' own order, which puts AES-256-GCM-SHA384 first, as the bench's
+    // client and most others do.
+    let client = client_config(&p.ca, &alice);
+    assert_eq!(
+        client.crypto_provider().cipher_suites[0].suite(),
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
+        "the client under test must prefer AES-256"
+    );
+    let server = crate::tls::server_config(
+        vec![p.server.cert_der().clone()],
+        p.server.private_key_der(),
+        (*roots(&p.ca)).clone(),
+        Vec::new(),
+        None,
+    )
+    .expect("the gateway's server config");
+
+    let done = handshake(client, Arc::new(server), "db.example")
+        .unwrap_or_else(|(side, err)| panic!("{side:?} refused the handshake: {err}"));
+    assert_eq!(
+        done.negotiated_cipher_suite().map(|s| s.suite()),
+        Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256),
+        "the gateway's order decides (see tls::provider for why AES-128-GCM-SHA256)"
+    );
+}
