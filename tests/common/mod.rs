@@ -352,13 +352,23 @@ impl Gateway {
     /// config is the minimal file with relative paths, so it also checks that
     /// they resolve against its folder.
     pub fn start_with(pki: &Pki, gateway_extra: &str, services: &str) -> Gateway {
+        Gateway::start_in(pki, &pki.server, gateway_extra, services)
+    }
+
+    /// Starts a gateway that trusts `pki`'s login certificates but presents `server` as
+    /// its own certificate (one from another CA, say, as an impostor would).
+    pub fn start_serving(pki: &Pki, server: &CertPair, services: &str) -> Gateway {
+        Gateway::start_in(pki, server, "", services)
+    }
+
+    fn start_in(pki: &Pki, server: &CertPair, gateway_extra: &str, services: &str) -> Gateway {
         let dir = tempfile::Builder::new()
             .prefix("pgtunnel-gateway-")
             .tempdir()
             .expect("temp dir for the gateway");
         for (from, name) in [
-            (&pki.server.crt, "server.crt"),
-            (&pki.server.key, "server.key"),
+            (&server.crt, "server.crt"),
+            (&server.key, "server.key"),
             (&pki.ca_crt, "ca.crt"),
         ] {
             fs::copy(from, dir.path().join(name)).expect("copying gateway TLS files");
@@ -590,6 +600,18 @@ pub struct Agent {
 impl Agent {
     /// Starts the agent for `service` on `gateway` with the login certificate `cert`.
     pub fn start(pki: &Pki, gateway: &Gateway, service: &str, cert: &CertPair) -> Agent {
+        Agent::start_with(pki, gateway, service, cert, &[])
+    }
+
+    /// Like [`Agent::start`], with `extra` flags for `pgtunnel connect` (e.g.
+    /// `--server-name`).
+    pub fn start_with(
+        pki: &Pki,
+        gateway: &Gateway,
+        service: &str,
+        cert: &CertPair,
+        extra: &[&str],
+    ) -> Agent {
         let dir = tempfile::Builder::new()
             .prefix("pgtunnel-agent-")
             .tempdir()
@@ -597,7 +619,8 @@ impl Agent {
         let stderr_path = dir.path().join("agent.stderr");
         for attempt in 1..=3 {
             let port = cluster::free_loopback_port().expect("free port");
-            let cmd = agent_command(pki, gateway.addr, service, cert, port);
+            let mut cmd = agent_command(pki, gateway.addr, service, cert, port);
+            cmd.args(extra);
             let child = spawn_logged(cmd, &stderr_path);
             match wait_listening(child, port, &stderr_path, "agent") {
                 Ok(child) => {
