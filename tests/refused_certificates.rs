@@ -1,5 +1,7 @@
 //! Clients whose certificate the gateway must refuse during the TLS handshake: none at
-//! all, one from another CA, an expired one and one not valid yet. Each attempt is a
+//! all, one from another CA, an expired one, one not valid yet, and one that chains to
+//! the CA but is not for client authentication (the gateway's own server certificate,
+//! EKU serverAuth only, presented as a login certificate). Each attempt is a
 //! raw TLS 1.3 client written here (SNI `main`, ALPN `pgtunnel`), because the agent
 //! itself refuses to start with some of these certificates (see agent_startup.rs).
 //! Each must leave exactly one `session.denied` with the right reason, and nothing
@@ -72,4 +74,11 @@ fn certificate_not_yet_valid_is_refused_as_cert_not_yet_valid() {
     refused_with("cert_not_yet_valid", |pki, _| {
         Some(pki.future_login("alice"))
     });
+}
+
+#[test]
+fn server_certificate_presented_as_a_login_certificate_is_refused_as_bad_cert() {
+    // It chains to the gateway's CA and is in its validity period; only its purpose is
+    // wrong, which rustls reports as InvalidPurpose (tls::deny_reason: bad_cert).
+    refused_with("bad_cert", |pki, _| Some(pki.server.clone()));
 }

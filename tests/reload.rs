@@ -4,14 +4,19 @@
 //! `close_reason: "policy_changed"`; every other session keeps running on the same
 //! sockets and its query completes. A config that fails to load is refused with one log
 //! line naming the file, the field and the value, and the old one keeps serving. Each
-//! reload leaves a `gateway.reload` record with its outcome.
+//! reload leaves a `gateway.reload` record with its outcome. The server certificate and
+//! key are re-read too: a new connection is served the new certificate, while a session
+//! opened before keeps the keys it negotiated and goes on working.
 
 mod common;
 
+use std::fs;
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
 use pgtunnel::pg::cluster::Cluster;
+use pgtunnel::pki::CertInfo;
 use serde_json::Value;
 
 /// How long a live session may take to be closed after the reload: the workers sweep
@@ -72,6 +77,34 @@ fn ended_on_its_own(end: &&Value) -> bool {
         end["close_reason"].as_str(),
         Some("client_closed" | "upstream_closed")
     )
+}
+
+/// The serial of the certificate in a PEM file, in `CertInfo::serial_hex` form.
+fn serial_in(crt: &Path) -> String {
+    let chain = pgtunnel::pki::load_certs(crt).expect("reading a certificate we issued");
+    CertInfo::from_der(chain[0].as_ref())
+        .expect("parsing a certificate we issued")
+        .serial_hex
+}
+
+/// The serial of the certificate the gateway presents to a new TLS connection. The
+/// client shows no certificate of its own (it only looks at the gateway's, which arrives
+/// first), so the gateway refuses it as `no_client_cert` once the handshake is over.
+fn served_serial(gateway: &Gateway, pki: &Pki) -> String {
+    let (_, stream, handshake) =
+        tls_handshake(gateway.addr, tls_client(&pki.ca_crt, None), SERVICE);
+    assert!(
+        handshake.is_ok(),
+        "TLS handshake with the gateway failed on our side: {handshake:?}"
+    );
+    let leaf = stream
+        .conn
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .expect("a TLS 1.3 server always sends its certificate in a full handshake");
+    CertInfo::from_der(leaf.as_ref())
+        .expect("parsing the gateway's certificate")
+        .serial_hex
 }
 
 /// A service for `users` in front of `cluster`, with no groups.
@@ -273,6 +306,93 @@ fn reload_that_removes_a_service_closes_its_sessions_and_refuses_new_ones() {
     assert!(
         denied.len() == 1 && denied[0]["reason"] == "unknown_service",
         "want the new attempt denied as unknown_service:\n{}",
+        show(&records)
+    );
+}
+
+#[test]
+fn sighup_serves_a_renewed_server_certificate_to_new_connections_and_spares_live_sessions() {
+    let pki = Pki::new();
+    let cluster = start_cluster(&pki, &["alice"]);
+    let alice = pki.login("alice", &["dba"]);
+    let gateway = Gateway::start(&pki, &main_service(&cluster));
+    let agent = Agent::start(&pki, &gateway, SERVICE, &alice);
+    let mut before = psql_held(agent.port, &pki, &alice, "alice", "SELECT 'opened'");
+    wait_for_starts(&gateway, 1);
+    let old_serial = serial_in(&pki.server.crt);
+    assert_eq!(
+        served_serial(&gateway, &pki),
+        old_serial,
+        "before the reload the gateway does not serve the certificate it started with"
+    );
+
+    // Renew the server certificate in place, as an operator would, then SIGHUP.
+    let renewed = pki.dir.path().join("server-renewed");
+    let renewed = renewed.to_str().expect("temp paths are UTF-8");
+    let ca_dir = pki.ca_dir.to_str().expect("temp paths are UTF-8");
+    ca_ok(&[
+        "server",
+        "--dir",
+        ca_dir,
+        "--dns",
+        "localhost",
+        "--ip",
+        "127.0.0.1",
+        "--out",
+        renewed,
+    ]);
+    let new_serial = serial_in(Path::new(&format!("{renewed}.crt")));
+    assert_ne!(
+        new_serial, old_serial,
+        "ca server issued the renewed certificate with the old serial"
+    );
+    for ext in ["crt", "key"] {
+        fs::copy(
+            format!("{renewed}.{ext}"),
+            gateway.dir.path().join(format!("server.{ext}")),
+        )
+        .expect("replacing the gateway's server certificate and key");
+    }
+    gateway.reload();
+    let reload = wait_for_reload(&gateway, 1);
+    assert_eq!(
+        reload["outcome"], "ok",
+        "reload not recorded as ok: {reload}"
+    );
+
+    assert_eq!(
+        served_serial(&gateway, &pki),
+        new_serial,
+        "a new connection after SIGHUP is still served the old server certificate"
+    );
+    before.feed("SELECT 'still working';\n");
+    let out = before.finish(CLIENT_TIMEOUT);
+    assert!(
+        out.status.success()
+            && out.stdout.contains("opened")
+            && out.stdout.contains("still working"),
+        "the session opened before the new certificate did not keep working:\n{}",
+        out.describe()
+    );
+    let again = psql(agent.port, &pki, &alice, "alice", "SELECT current_user");
+    assert!(
+        again.status.success() && again.stdout.trim() == "alice",
+        "the agent could not open a tunnel to the gateway with its new certificate:\n{}",
+        again.describe()
+    );
+
+    drop(agent);
+    let (_, records) = gateway.stop();
+    let ends = events(&records, "session.end");
+    assert!(
+        ends.len() == 2 && ends.iter().all(ended_on_its_own),
+        "alice's sessions did not both end on their own:\n{}",
+        show(&records)
+    );
+    let denied = events(&records, "session.denied");
+    assert!(
+        denied.len() == 2 && denied.iter().all(|r| r["reason"] == "no_client_cert"),
+        "want only the two certificate probes refused, as no_client_cert:\n{}",
         show(&records)
     );
 }

@@ -16,7 +16,7 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -248,6 +248,15 @@ pub fn psql(port: u16, pki: &Pki, cert: &CertPair, user: &str, sql: &str) -> Cli
     ))
 }
 
+/// A psql session the test holds open: it runs `sql`, then reads more SQL from its
+/// input ([`Background::feed`]) and ends when the test closes it
+/// ([`Background::finish`]).
+pub fn psql_held(port: u16, pki: &Pki, cert: &CertPair, user: &str, sql: &str) -> Background {
+    let mut cmd = psql_command(port, pki, cert, user, sql);
+    cmd.args(["-f", "-"]);
+    Background::spawn_fed(cmd)
+}
+
 /// libpq connection settings for `user` on 127.0.0.1:`port` without TLS (psql then
 /// prints an ErrorResponse sent before TLS in full; see docs/limitations.md).
 pub fn plain_conninfo(port: u16, user: &str) -> String {
@@ -339,16 +348,27 @@ impl Gateway {
     }
 
     /// Starts a gateway whose `[gateway]` table also holds `gateway_extra` (e.g.
-    /// `handshake_timeout = "1s"`). The config is the issue's minimal file with
-    /// relative paths, so it also checks that they resolve against its folder.
+    /// `handshake_timeout = "1s"`, or `workers = 1` in place of the usual two). The
+    /// config is the issue's minimal file with relative paths, so it also checks that
+    /// they resolve against its folder.
     pub fn start_with(pki: &Pki, gateway_extra: &str, services: &str) -> Gateway {
+        Gateway::start_in(pki, &pki.server, gateway_extra, services)
+    }
+
+    /// Starts a gateway that trusts `pki`'s login certificates but presents `server` as
+    /// its own certificate (one from another CA, say, as an impostor would).
+    pub fn start_serving(pki: &Pki, server: &CertPair, services: &str) -> Gateway {
+        Gateway::start_in(pki, server, "", services)
+    }
+
+    fn start_in(pki: &Pki, server: &CertPair, gateway_extra: &str, services: &str) -> Gateway {
         let dir = tempfile::Builder::new()
             .prefix("pgtunnel-gateway-")
             .tempdir()
             .expect("temp dir for the gateway");
         for (from, name) in [
-            (&pki.server.crt, "server.crt"),
-            (&pki.server.key, "server.key"),
+            (&server.crt, "server.crt"),
+            (&server.key, "server.key"),
             (&pki.ca_crt, "ca.crt"),
         ] {
             fs::copy(from, dir.path().join(name)).expect("copying gateway TLS files");
@@ -552,12 +572,20 @@ impl Drop for Gateway {
 }
 
 /// The gateway config every scenario starts from: the issue's minimal file with relative
-/// paths, two workers, a 5 s drain, plus `gateway_extra` lines and `services`.
+/// paths, two workers (unless `gateway_extra` sets `workers`), a 5 s drain, plus
+/// `gateway_extra` lines and `services`.
 fn gateway_toml(port: u16, gateway_extra: &str, services: &str) -> String {
+    // TOML refuses a key given twice, so a scenario's own worker count replaces ours.
+    let sets_workers = gateway_extra.lines().any(|line| {
+        line.split('=')
+            .next()
+            .is_some_and(|key| key.trim() == "workers")
+    });
+    let workers = if sets_workers { "" } else { "workers = 2\n" };
     format!(
         "[gateway]\nlisten = \"127.0.0.1:{port}\"\ncert = \"server.crt\"\n\
          key = \"server.key\"\nclient_ca = \"ca.crt\"\naudit_log = \"audit.jsonl\"\n\
-         workers = 2\ndrain_timeout = \"5s\"\n{gateway_extra}\n\n{services}"
+         {workers}drain_timeout = \"5s\"\n{gateway_extra}\n\n{services}"
     )
 }
 
@@ -572,6 +600,18 @@ pub struct Agent {
 impl Agent {
     /// Starts the agent for `service` on `gateway` with the login certificate `cert`.
     pub fn start(pki: &Pki, gateway: &Gateway, service: &str, cert: &CertPair) -> Agent {
+        Agent::start_with(pki, gateway, service, cert, &[])
+    }
+
+    /// Like [`Agent::start`], with `extra` flags for `pgtunnel connect` (e.g.
+    /// `--server-name`).
+    pub fn start_with(
+        pki: &Pki,
+        gateway: &Gateway,
+        service: &str,
+        cert: &CertPair,
+        extra: &[&str],
+    ) -> Agent {
         let dir = tempfile::Builder::new()
             .prefix("pgtunnel-agent-")
             .tempdir()
@@ -579,7 +619,8 @@ impl Agent {
         let stderr_path = dir.path().join("agent.stderr");
         for attempt in 1..=3 {
             let port = cluster::free_loopback_port().expect("free port");
-            let cmd = agent_command(pki, gateway.addr, service, cert, port);
+            let mut cmd = agent_command(pki, gateway.addr, service, cert, port);
+            cmd.args(extra);
             let child = spawn_logged(cmd, &stderr_path);
             match wait_listening(child, port, &stderr_path, "agent") {
                 Ok(child) => {
@@ -761,28 +802,55 @@ pub fn run_bounded(mut cmd: Command, timeout: Duration) -> Output {
 pub struct Background {
     what: String,
     child: Child,
+    /// The program's input, for one started with [`Background::spawn_fed`].
+    stdin: Option<ChildStdin>,
     out: Option<thread::JoinHandle<Vec<u8>>>,
     err: Option<thread::JoinHandle<Vec<u8>>>,
 }
 
 impl Background {
     /// Starts `cmd` with its output captured.
-    pub fn spawn(mut cmd: Command) -> Background {
+    pub fn spawn(cmd: Command) -> Background {
+        Background::start(cmd, Stdio::null())
+    }
+
+    /// Starts `cmd` with its output captured and its input a pipe the test writes to
+    /// ([`Background::feed`]); the program reads the end of its input when the test
+    /// calls [`Background::finish`].
+    pub fn spawn_fed(cmd: Command) -> Background {
+        Background::start(cmd, Stdio::piped())
+    }
+
+    fn start(mut cmd: Command, stdin: Stdio) -> Background {
         let what = format!("{cmd:?}");
-        cmd.stdin(Stdio::null())
+        cmd.stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+        let stdin = child.stdin.take();
         let out = Some(drain(child.stdout.take().expect("piped stdout")));
         let err = Some(drain(child.stderr.take().expect("piped stderr")));
         Background {
             what,
             child,
+            stdin,
             out,
             err,
         }
+    }
+
+    /// Writes `text` to the input of a program started with [`Background::spawn_fed`].
+    pub fn feed(&mut self, text: &str) {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .unwrap_or_else(|| panic!("{} was not started with spawn_fed", self.what));
+        stdin
+            .write_all(text.as_bytes())
+            .and_then(|()| stdin.flush())
+            .unwrap_or_else(|e| panic!("feeding {}: {e}", self.what));
     }
 
     /// Whether it is still running.
@@ -790,8 +858,10 @@ impl Background {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// Waits at most `timeout` for it to end; kills it and fails the test if it does not.
+    /// Closes its input (if the test holds it), then waits at most `timeout` for it to
+    /// end; kills it and fails the test if it does not.
     pub fn finish(mut self, timeout: Duration) -> ClientOutput {
+        drop(self.stdin.take());
         let status = wait_bounded(&mut self.child, timeout);
         if status.is_none() {
             let _ = self.child.kill();
