@@ -278,6 +278,10 @@ fn handshake_message(err: &HandshakeError) -> String {
             "the gateway refused the login certificate (TLS alert: {alert:?}); \
              check that it is current and issued by the right CA"
         ),
+        HandshakeError::Tls(rustls::Error::InvalidCertificate(why)) => format!(
+            "the gateway's certificate is not trusted ({why}): it must be issued by the CA \
+             in --ca and name the gateway as --server-name (or the --gateway host) says"
+        ),
         HandshakeError::Tls(err) => format!("TLS handshake with the gateway failed: {err}"),
         HandshakeError::Eof => "the gateway closed the connection during the handshake".into(),
         HandshakeError::Io(err) => format!("connection to the gateway failed: {err}"),

@@ -2,7 +2,9 @@
 //!
 //! The accept loop runs a multishot accept and spawns a task per connection. Limits are
 //! checked at accept: a worker over its share of `max_sessions` or `max_handshakes`
-//! refuses the connection at once (audited as `overloaded`) instead of queueing it.
+//! refuses the connection at once (audited as `overloaded`) instead of queueing it. The
+//! refusal comes before any TLS, so the client learns no reason (the agent sees a reset);
+//! spending a handshake on it would defeat the limit.
 //! Shutdown arrives through an eventfd the main thread writes: the first write stops
 //! accepting and lets sessions finish within `drain_timeout`; the deadline (or a second
 //! write) tells every remaining connection to stop, and each still writes its record: a
