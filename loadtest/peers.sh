@@ -153,53 +153,40 @@ start_stunnel() {
     local t a te ae d=$LT_WORK/stunnel
     t=$(lt_free_port) a=$(lt_free_port) te=$(lt_free_port) ae=$(lt_free_port)
     mkdir -p "$d"
+    # Options before the first section are every section's defaults (stunnel(8)).
     cat >"$d/server.conf" <<EOF
 foreground = yes
 pid =
+cert = $LT_WORK/server.crt
+key = $LT_WORK/server.key
+CAfile = $LT_CA
+requireCert = yes
+verifyChain = yes
+sslVersionMin = TLSv1.3
 [pg]
 accept = 127.0.0.1:$t
 connect = 127.0.0.1:$LT_PG_PORT
-cert = $LT_WORK/server.crt
-key = $LT_WORK/server.key
-CAfile = $LT_CA
-requireCert = yes
-verifyChain = yes
-sslVersionMin = TLSv1.3
 [echo]
 accept = 127.0.0.1:$te
 connect = 127.0.0.1:$LT_ECHO_PORT
-cert = $LT_WORK/server.crt
-key = $LT_WORK/server.key
-CAfile = $LT_CA
-requireCert = yes
-verifyChain = yes
-sslVersionMin = TLSv1.3
 EOF
     cat >"$d/client.conf" <<EOF
 foreground = yes
 pid =
-[pg]
 client = yes
+cert = $LT_WORK/bench.crt
+key = $LT_WORK/bench.key
+CAfile = $LT_CA
+verifyChain = yes
+checkHost = localhost
+sni = localhost
+sslVersionMin = TLSv1.3
+[pg]
 accept = 127.0.0.1:$a
 connect = 127.0.0.1:$t
-cert = $LT_WORK/bench.crt
-key = $LT_WORK/bench.key
-CAfile = $LT_CA
-verifyChain = yes
-checkHost = localhost
-sni = localhost
-sslVersionMin = TLSv1.3
 [echo]
-client = yes
 accept = 127.0.0.1:$ae
 connect = 127.0.0.1:$te
-cert = $LT_WORK/bench.crt
-key = $LT_WORK/bench.key
-CAfile = $LT_CA
-verifyChain = yes
-checkHost = localhost
-sni = localhost
-sslVersionMin = TLSv1.3
 EOF
     lt_spawn stunnel_server "$d/server.log" stunnel4 "$d/server.conf"
     lt_spawn stunnel_client "$d/client.log" stunnel4 "$d/client.conf"
@@ -275,29 +262,26 @@ master_process off;
 worker_processes 1;
 user root;
 events { worker_connections 2048; }"
+    # Directives at the stream level are every server's defaults. Half-close is passed
+    # through: bulk upload ends with the client's FIN and then reads the sink's count.
     cat >"$d/server.conf" <<EOF
 $head
 pid $d/server.pid;
 error_log $d/server-error.log warn;
 stream {
+    ssl_certificate $LT_WORK/server.crt;
+    ssl_certificate_key $LT_WORK/server.key;
+    ssl_client_certificate $LT_CA;
+    ssl_verify_client on;
+    ssl_protocols TLSv1.3;
+    proxy_half_close on;
     server {
         listen 127.0.0.1:$t ssl;
-        ssl_certificate $LT_WORK/server.crt;
-        ssl_certificate_key $LT_WORK/server.key;
-        ssl_client_certificate $LT_CA;
-        ssl_verify_client on;
-        ssl_protocols TLSv1.3;
         proxy_pass 127.0.0.1:$LT_PG_PORT;
     }
     server {
         listen 127.0.0.1:$te ssl;
-        ssl_certificate $LT_WORK/server.crt;
-        ssl_certificate_key $LT_WORK/server.key;
-        ssl_client_certificate $LT_CA;
-        ssl_verify_client on;
-        ssl_protocols TLSv1.3;
         proxy_pass 127.0.0.1:$LT_ECHO_PORT;
-        proxy_half_close on;
     }
 }
 EOF
@@ -306,30 +290,22 @@ $head
 pid $d/client.pid;
 error_log $d/client-error.log warn;
 stream {
+    proxy_ssl on;
+    proxy_ssl_certificate $LT_WORK/bench.crt;
+    proxy_ssl_certificate_key $LT_WORK/bench.key;
+    proxy_ssl_trusted_certificate $LT_CA;
+    proxy_ssl_verify on;
+    proxy_ssl_name localhost;
+    proxy_ssl_server_name on;
+    proxy_ssl_protocols TLSv1.3;
+    proxy_half_close on;
     server {
         listen 127.0.0.1:$a;
         proxy_pass 127.0.0.1:$t;
-        proxy_ssl on;
-        proxy_ssl_certificate $LT_WORK/bench.crt;
-        proxy_ssl_certificate_key $LT_WORK/bench.key;
-        proxy_ssl_trusted_certificate $LT_CA;
-        proxy_ssl_verify on;
-        proxy_ssl_name localhost;
-        proxy_ssl_server_name on;
-        proxy_ssl_protocols TLSv1.3;
     }
     server {
         listen 127.0.0.1:$ae;
         proxy_pass 127.0.0.1:$te;
-        proxy_half_close on;
-        proxy_ssl on;
-        proxy_ssl_certificate $LT_WORK/bench.crt;
-        proxy_ssl_certificate_key $LT_WORK/bench.key;
-        proxy_ssl_trusted_certificate $LT_CA;
-        proxy_ssl_verify on;
-        proxy_ssl_name localhost;
-        proxy_ssl_server_name on;
-        proxy_ssl_protocols TLSv1.3;
     }
 }
 EOF

@@ -676,6 +676,29 @@ mod tests {
         (far, Socket::from_owned(OwnedFd::from(near)))
     }
 
+    /// How a pump run on its own thread ended: `Debug` of its end, and its byte counts.
+    type Outcome = io::Result<(String, PumpStats)>;
+
+    /// Runs the server side's pump between `tls` and `plain` on a thread of its own with
+    /// its own ring; the receiver gets how it ended.
+    fn spawn_pump(
+        server: RecordLayer<rustls::server::ServerConnectionData>,
+        tls: Socket,
+        plain: Socket,
+    ) -> mpsc::Receiver<Outcome> {
+        let (done_tx, done_rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut server = server;
+            let rt = Runtime::new().unwrap();
+            let result = rt.block_on(async move {
+                let stop = StopSignal::default();
+                pump(&tls, &mut server, &plain, &stop).await
+            });
+            let _ = done_tx.send(result.map(|(end, stats)| (format!("{end:?}"), stats)));
+        });
+        done_rx
+    }
+
     /// psql's last words are a Terminate message and a FIN, sent back to back. When
     /// both are queued before the worker looks, one poll report covers them and a
     /// short read takes only the data; the pump must still see the FIN and finish.
@@ -686,16 +709,7 @@ mod tests {
             let (mut client, server, _) = pair(None, false);
             let (mut tls_far, tls) = tcp_pair();
             let (mut plain_far, plain) = tcp_pair();
-            let (done_tx, done_rx) = mpsc::channel();
-            thread::spawn(move || {
-                let mut server = server;
-                let rt = Runtime::new().unwrap();
-                let result = rt.block_on(async move {
-                    let stop = StopSignal::default();
-                    pump(&tls, &mut server, &plain, &stop).await
-                });
-                let _ = done_tx.send(result.map(|(end, stats)| (format!("{end:?}"), stats)));
-            });
+            let done_rx = spawn_pump(server, tls, plain);
 
             // The TLS side says close_notify first, so only the plain side is left open.
             let mut alert = vec![0u8; 2 + RECORD_OVERHEAD];
@@ -738,16 +752,7 @@ mod tests {
         let (mut client, server, _) = pair(None, false);
         let (mut tls_far, tls) = tcp_pair();
         let (plain_far, plain) = tcp_pair();
-        let (done_tx, done_rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut server = server;
-            let rt = Runtime::new().unwrap();
-            let result = rt.block_on(async move {
-                let stop = StopSignal::default();
-                pump(&tls, &mut server, &plain, &stop).await
-            });
-            let _ = done_tx.send(result.map(|(end, _)| format!("{end:?}")));
-        });
+        let done_rx = spawn_pump(server, tls, plain);
 
         // The plain peer leaves at once: FIN, then its socket is gone.
         drop(plain_far);
@@ -772,7 +777,7 @@ mod tests {
                 outcome = done_rx.try_recv().ok();
             }
         }
-        let end = outcome
+        let (end, _) = outcome
             .expect("the pump still ran 10 s after its plain peer left")
             .expect("runtime ran");
         assert!(
