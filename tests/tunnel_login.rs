@@ -41,11 +41,7 @@ fn psql_through_agent_and_gateway_logs_in_with_the_login_certificate_and_is_audi
     );
 
     drop(agent);
-    let (status, records) = gateway.stop();
-    assert!(
-        status.success(),
-        "gateway did not exit 0 after SIGTERM: {status}"
-    );
+    let records = gateway.stop_ok();
     let starts = events(&records, "session.start");
     let ends = events(&records, "session.end");
     assert_eq!(

@@ -506,6 +506,17 @@ impl Gateway {
         );
         (status, self.audit())
     }
+
+    /// [`Gateway::stop`] for a gateway that must exit 0 after its drain; returns the
+    /// final audit log.
+    pub fn stop_ok(self) -> Vec<Value> {
+        let (status, records) = self.stop();
+        assert!(
+            status.success(),
+            "gateway did not exit 0 after SIGTERM: {status}"
+        );
+        records
+    }
 }
 
 impl Gateway {
