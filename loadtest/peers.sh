@@ -135,7 +135,8 @@ EOF
 # Per peer: server-side terminator port, client-side agent port, PIDs of each side.
 # ECHO_*: the same, in front of the bench's echo upstream (the bench scenarios). The
 # peers serve both from one process each; pgtunnel's gateway too (service "echo"), with
-# a second agent (ECHO_CLIENT_PID), as an agent serves one service.
+# a second agent (ECHO_CLIENT_PID; a peer's one client process serves both), as an
+# agent serves one service.
 declare -A TERM_PORT AGENT_PORT SERVER_PIDS CLIENT_PIDS SNI ALPN VERSION
 declare -A ECHO_TERM ECHO_AGENT ECHO_CLIENT_PID
 
@@ -369,9 +370,12 @@ for p in $PEERS; do
     fi
 done
 
-for p in "${MEASURED[@]}"; do
-    [[ -n ${ECHO_CLIENT_PID[$p]:-} ]] || ECHO_CLIENT_PID[$p]=${CLIENT_PIDS[$p]}
-done
+# rotated K ITEMS...: the items, one a line, starting at the K-th (0-based, wrapping).
+rotated() {
+    local k=$(($1 % ($# - 1)))
+    shift
+    printf '%s\n' "${@:k+1}" "${@:1:k}"
+}
 
 # bench_round ROUND PEER: the bench scenarios against one peer, a JSON file each.
 bench_round() {
@@ -379,7 +383,7 @@ bench_round() {
     local target=(--gateway "127.0.0.1:${ECHO_TERM[$p]}" --server-name localhost --service echo
         --connect "127.0.0.1:${ECHO_AGENT[$p]}" --upstream "127.0.0.1:$LT_ECHO_PORT"
         --cert "$LT_WORK/bench.crt" --key "$LT_WORK/bench.key" --ca "$LT_CA"
-        --gateway-pid "${SERVER_PIDS[$p]}" --agent-pid "${ECHO_CLIENT_PID[$p]}"
+        --gateway-pid "${SERVER_PIDS[$p]}" --agent-pid "${ECHO_CLIENT_PID[$p]:-${CLIENT_PIDS[$p]}}"
         --duration "${BENCH_TIME}s")
     for sc in handshake echo bulk; do
         local extra=()
@@ -404,13 +408,12 @@ WORKLOADS=(select-only tpcb-like)
 [[ $PARTS == *pgbench* ]] || WORKLOADS=()
 for ((r = 1; r <= ROUNDS; r++)); do
     if [[ $PARTS == *bench* ]]; then
-        border=("${MEASURED[@]:$(((r - 1) % ${#MEASURED[@]}))}" "${MEASURED[@]:0:$(((r - 1) % ${#MEASURED[@]}))}")
-        for p in "${border[@]}"; do
+        for p in $(rotated $((r - 1)) "${MEASURED[@]}"); do
             bench_round "$r" "$p"
         done
     fi
     # Rotate the order every round so no route always runs first or last.
-    order=("${ROUTES[@]:$(((r - 1) % ${#ROUTES[@]}))}" "${ROUTES[@]:0:$(((r - 1) % ${#ROUTES[@]}))}")
+    mapfile -t order < <(rotated $((r - 1)) "${ROUTES[@]}")
     for w in "${WORKLOADS[@]}"; do
         for route in "${order[@]}"; do
             if [[ $route == direct ]]; then

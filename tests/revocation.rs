@@ -79,9 +79,7 @@ fn long_session(pki: &Pki, agent: &Agent, cert: &CertPair) -> Background {
 
 /// Waits (bounded) for `n` session.start records.
 fn wait_for_starts(gateway: &Gateway, n: usize) -> Vec<Value> {
-    gateway.wait_for_audit(&format!("{n} session.start"), |r| {
-        events(r, "session.start").len() >= n
-    })
+    gateway.wait_for_events("session.start", n)
 }
 
 /// Waits (bounded) for the `session.end` of the session that used `serial`.

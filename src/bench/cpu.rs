@@ -13,9 +13,9 @@
 //!
 //! A process's CPU is the exact sum over its live threads where its threads stay, and
 //! its coarser `stat` total where threads came and went (see [`ProcessCpu::since`]), so
-//! a target with a thread per connection is counted in full. Threads of our own that come and go (the
-//! in-process servers) are tracked by `ThreadGroup`, which keeps the CPU of threads that
-//! have ended exactly.
+//! a target with a thread per connection is counted in full. Threads of our own that
+//! come and go (the in-process servers) are tracked by `ThreadGroup`, which keeps the
+//! CPU of threads that have ended exactly.
 
 use std::collections::HashSet;
 use std::fs;

@@ -484,12 +484,12 @@ where
             }
             // The plain peer is gone after saying goodbye: what it has not taken is moot,
             // and so is everything the TLS side would still send. Reading on would pass
-            // an endless stream (a download whose reader left) into a dead end forever.
+            // an endless stream (a download whose reader left) into a dead end forever,
+            // so this direction ends as if the TLS side had, as the kTLS pump's does.
             Err(_) if self.plain_eof => {
                 self.plain_ranges.clear();
                 self.plain_sent = 0;
                 self.tls_eof = true;
-                self.plain_shut = true;
                 Ok(true)
             }
             Err(err) => Err(failed(Side::Plain, err)),

@@ -257,6 +257,17 @@ pub fn psql_held(port: u16, pki: &Pki, cert: &CertPair, user: &str, sql: &str) -
     Background::spawn_fed(cmd)
 }
 
+/// Logs `user` in through the agent on `port` and fails the test with `failure` unless
+/// PostgreSQL answers that it is `user`.
+pub fn assert_logs_in(port: u16, pki: &Pki, cert: &CertPair, user: &str, failure: &str) {
+    let out = psql(port, pki, cert, user, "SELECT current_user");
+    assert!(
+        out.status.success() && out.stdout.trim() == user,
+        "{failure}:\n{}",
+        out.describe()
+    );
+}
+
 /// libpq connection settings for `user` on 127.0.0.1:`port` without TLS (psql then
 /// prints an ErrorResponse sent before TLS in full; see docs/limitations.md).
 pub fn plain_conninfo(port: u16, user: &str) -> String {
@@ -463,6 +474,14 @@ impl Gateway {
     /// Every complete audit record written so far.
     pub fn audit(&self) -> Vec<Value> {
         read_audit(&self.audit_log)
+    }
+
+    /// Waits (bounded) until the audit log holds at least `n` records of `event`;
+    /// returns the whole log then.
+    pub fn wait_for_events(&self, event: &str, n: usize) -> Vec<Value> {
+        self.wait_for_audit(&format!("{n} {event} records"), |r| {
+            events(r, event).len() >= n
+        })
     }
 
     /// Waits (bounded) until `done` holds for the audit records, and returns them.
